@@ -1,0 +1,50 @@
+# tuneloop: `make test` passes the tests, `make demo` runs the main job.
+# Both set everything up on a fresh Debian machine as root, and do nothing twice.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+DATA   ?= ../shared/data/sentiment-labelled-sentences/amazon_cells_labelled.txt
+DEMO   ?= .demo
+
+export HF_HUB_OFFLINE := 1
+export BENTOML_DO_NOT_TRACK := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: test demo setup system-packages lock clean
+
+setup: $(STAMP) system-packages
+
+# torch first, pinned to the CPU build on local disk: any looser request pulls a multi-GB CUDA build.
+# constraints.txt pins what was resolved and tested here, so installs skip pip's long backtracking.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+system-packages:
+	bash scripts/install-debian-packages.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	rm -rf $(DEMO)
+	$(VENV)/bin/tuneloop train --data $(DATA) --registry $(DEMO)/registry \
+	  --extra-test yelp=../shared/data/sentiment-labelled-sentences/yelp_labelled.txt \
+	  --extra-test imdb=../shared/data/sentiment-labelled-sentences/imdb_labelled.txt \
+	  --max-length 64 --int8
+	$(VENV)/bin/tuneloop models approve v1 --registry $(DEMO)/registry --actor demo --reason "demo approval"
+	$(VENV)/bin/tuneloop models promote v1 --registry $(DEMO)/registry --actor demo --reason "first model"
+	$(VENV)/bin/tuneloop models list --registry $(DEMO)/registry
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock:
+	$(PIP) freeze --exclude-editable | grep -v '^torch==' > constraints.txt
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

