@@ -1,0 +1,67 @@
+"""Fixtures every part of the suite shares: paths to the real data, a tiny random BERT, settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "sentiment-labelled-sentences"
+AMAZON = SHARED_DATA / "amazon_cells_labelled.txt"
+YELP = SHARED_DATA / "yelp_labelled.txt"
+IMDB = SHARED_DATA / "imdb_labelled.txt"
+
+
+def read_sentences(path: Path) -> list[tuple[str, str]]:
+    """The shared files' ``sentence<TAB>label`` rows."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text, _, label = line.rpartition("\t")
+        rows.append((text.strip(), label.strip()))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and MiniLM's real tokenizer: trains in a second."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from adapter.training.base_model import resolve_base_model
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizerFast.from_pretrained(resolve_base_model("minilm"))
+    tokenizer.save_pretrained(out)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_amazon(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 balanced amazon sentences (60 per class) in the shared files' headerless TSV layout."""
+    rows = read_sentences(AMAZON)
+    picked = [r for r in rows if r[1] == "0"][:60] + [r for r in rows if r[1] == "1"][:60]
+    path = tmp_path_factory.mktemp("data") / "small_amazon.txt"
+    path.write_text("".join(f"{t}\t{l}\n" for t, l in picked), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def registry_root(tmp_path: Path) -> Path:
+    return tmp_path / "registry"
+
+
+@pytest.fixture
+def settings(registry_root: Path):
+    from tuneloop.settings import load_settings
+
+    return load_settings(registry=str(registry_root))
