@@ -1,0 +1,1 @@
+"""ONNX export, graph optimisation, quantisation and the parity check against PyTorch."""
