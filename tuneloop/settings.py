@@ -50,14 +50,17 @@ class TrainingDefaults(BaseModel):
 
 
 class ServingSettings(BaseModel):
-    model_name: str | None = None  # None: the production version's model name
     version: str | None = None  # pin a version instead of following production
+    host: str = "0.0.0.0"
+    port: int = Field(3000, ge=1, le=65535)
+    grpc_port: int | None = Field(8001, ge=0, le=65535, description="None or 0: no gRPC server")
+    workers: int = Field(1, ge=1)
     max_texts: int = Field(64, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
     max_tokens: int = Field(128, ge=8)
     on_too_long: Literal["truncate", "reject"] = "truncate"
     max_batch_size: int = Field(32, ge=1)
-    max_latency_ms: int = Field(20, ge=1)
+    max_latency_ms: float = Field(2.0, ge=0, description="longest a batch waits for more requests")
     intra_op_threads: int = Field(0, ge=0, description="0: one per core")
     poll_interval_s: float = Field(2.0, gt=0)
     precision: Literal["auto", "fp32", "int8", "fp16"] = "auto"

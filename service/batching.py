@@ -1,0 +1,142 @@
+"""Adaptive micro-batching shared by every transport.
+
+Requests queue up while a batch runs; the worker then takes everything waiting (up to
+``max_batch_size`` texts, waiting at most ``max_latency_ms`` for more), so batches grow with load
+and a lone request is not held back. The texts of a batch are sorted by length and cut into
+buckets, so short texts are not padded to the length of a long one.
+
+We batch ourselves rather than with BentoML's ``batchable`` API because the gRPC server runs beside
+BentoML, outside its dispatcher: one batcher is the only way for HTTP and gRPC traffic to share batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.metrics import BATCH_SIZE, INFERENCE_DURATION
+from service.model import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """What one submission gets back: rows in the order of its texts, and the model that made them."""
+
+    model: ServedModel
+    logits: np.ndarray
+    embeddings: np.ndarray
+    truncated: list[bool]
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: Future
+    enqueued: float
+
+
+class MicroBatcher:
+    def __init__(self, current_model: callable, max_batch_size: int = 32, max_latency_ms: float = 2.0) -> None:
+        self._current_model = current_model
+        self.max_batch_size = max_batch_size
+        self.max_latency = max_latency_ms / 1000.0
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="tuneloop-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, texts: list[str]) -> Future:
+        future: Future = Future()
+        if self._stopping:
+            future.set_exception(RuntimeError("the service is shutting down"))
+            return future
+        self._queue.put(_Pending(texts, future, time.perf_counter()))
+        return future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish every queued request, then stop (graceful shutdown drains, it does not drop)."""
+        self._stopping = True
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=timeout)
+
+    def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
+        batch, size = [first], len(first.texts)
+        deadline = first.enqueued + self.max_latency
+        while size < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                item = self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+            size += len(item.texts)
+        return batch, False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch, stop = self._collect(first)
+            self._execute(batch)
+        while True:  # drain whatever arrived before the stop marker
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._execute([item])
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            model = self._current_model()  # one model for the whole batch: every row names its version
+            texts = [t for p in batch for t in p.texts]
+            logits, embeddings, truncated = self._infer(model, texts)
+        except Exception as exc:  # hand the failure to every waiting request; the worker lives on
+            for pending in batch:
+                if not pending.future.set_running_or_notify_cancel():
+                    continue
+                pending.future.set_exception(exc)
+            return
+        start = 0
+        for pending in batch:
+            end = start + len(pending.texts)
+            if pending.future.set_running_or_notify_cancel():
+                pending.future.set_result(BatchOutput(model, logits[start:end], embeddings[start:end],
+                                                      truncated[start:end]))
+            start = end
+
+    def _infer(self, model: ServedModel, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        logits = np.empty((len(texts), len(model.labels)), dtype=np.float32)
+        embeddings: np.ndarray | None = None
+        truncated = [False] * len(texts)
+        for start in range(0, len(texts), self.max_batch_size):
+            idx = order[start:start + self.max_batch_size]
+            encoded = model.classifier.encode([texts[i] for i in idx])
+            began = time.perf_counter()
+            bucket_logits, bucket_emb = model.classifier.run(encoded.feeds)
+            INFERENCE_DURATION.labels(model.version).observe(time.perf_counter() - began)
+            BATCH_SIZE.labels(model.version).observe(len(idx))
+            if embeddings is None:
+                embeddings = np.empty((len(texts), bucket_emb.shape[1]), dtype=np.float32)
+            logits[idx] = bucket_logits
+            embeddings[idx] = bucket_emb
+            for row, i in enumerate(idx):
+                truncated[i] = encoded.truncated[row]
+        return logits, embeddings, truncated

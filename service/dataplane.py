@@ -1,0 +1,165 @@
+"""The one inference path: validate → micro-batch → ONNX Runtime → labels and probabilities.
+
+HTTP (/classify), the Open Inference Protocol REST routes and gRPC are thin adapters over this
+class, the way MLServer's DataPlane serves its REST, gRPC and Kafka servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import softmax
+
+from service.batching import BatchOutput, MicroBatcher
+from service.errors import InvalidInputError, ModelNotFoundError, ServiceError, TextTooLongError
+from service.metrics import INFLIGHT, PREDICTIONS, REQUEST_DURATION, REQUESTS
+from service.model import ServedModel
+from service.swap import ModelManager
+from tuneloop.settings import ServingSettings
+
+
+@dataclass(frozen=True)
+class Prediction:
+    request_id: str
+    label: str
+    score: float
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model_name: str
+    model_version: str
+    predictions: list[Prediction]
+    probabilities: np.ndarray  # (n, labels), rows in request order
+    embeddings: np.ndarray  # (n, dim): logged for the drift monitor, never returned to clients
+    latency_ms: float
+
+
+# Called after every successful classification (the Kafka event log plugs in here); must not block.
+PredictionListener = Callable[[list[str], ClassifyResult], None]
+
+
+class DataPlane:
+    def __init__(self, manager: ModelManager, settings: ServingSettings) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.batcher = MicroBatcher(lambda: manager.current, settings.max_batch_size, settings.max_latency_ms)
+        self.listeners: list[PredictionListener] = []
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+
+    # ------------------------------------------------------------------ health and metadata
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self.manager.ready
+
+    def model(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The served model, checked against the name (and version) a caller asked for."""
+        served = self.manager.current
+        if name is not None and name != served.model_name:
+            raise ModelNotFoundError(f"unknown model {name!r}; this server serves {served.model_name!r}")
+        if version is not None and version != served.version:
+            raise ModelNotFoundError(
+                f"model {name!r} version {version!r} is not served; the served version is {served.version!r}"
+            )
+        return served
+
+    # ------------------------------------------------------------------ classification
+    def validate(self, texts: object) -> list[str]:
+        if not isinstance(texts, list):
+            raise InvalidInputError("'texts' must be a list of strings")
+        if not texts:
+            raise InvalidInputError("'texts' is empty: send at least one text")
+        if len(texts) > self.settings.max_texts:
+            raise InvalidInputError(f"{len(texts)} texts in one request; the limit is {self.settings.max_texts}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInputError(f"texts[{i}] is {type(text).__name__}, not a string")
+            if not text.strip():
+                raise InvalidInputError(f"texts[{i}] is empty or only whitespace")
+            if len(text) > self.settings.max_text_chars:
+                raise TextTooLongError(
+                    f"texts[{i}] has {len(text)} characters; the limit is {self.settings.max_text_chars}"
+                )
+        return texts
+
+    def _reject_over_token_limit(self, texts: list[str]) -> None:
+        model = self.manager.current
+        limit = model.classifier.max_length
+        lengths = [len(ids) for ids in model.classifier.tokenizer(texts, truncation=False)["input_ids"]]
+        for i, n in enumerate(lengths):
+            if n > limit:
+                raise TextTooLongError(f"texts[{i}] has {n} tokens; the model reads at most {limit} "
+                                       "(the server is set to reject, not truncate, longer texts)")
+
+    async def classify(self, texts: object) -> ClassifyResult:
+        checked = self.validate(texts)
+        if self.settings.on_too_long == "reject":
+            self._reject_over_token_limit(checked)
+        started = time.perf_counter()
+        output = await asyncio.wrap_future(self.batcher.submit(checked))
+        return self._finish(checked, output, started)
+
+    def classify_blocking(self, texts: object, timeout: float = 60.0) -> ClassifyResult:
+        """For transports that run in threads (gRPC)."""
+        checked = self.validate(texts)
+        if self.settings.on_too_long == "reject":
+            self._reject_over_token_limit(checked)
+        started = time.perf_counter()
+        output = self.batcher.submit(checked).result(timeout=timeout)
+        return self._finish(checked, output, started)
+
+    def _finish(self, texts: list[str], output: BatchOutput, started: float) -> ClassifyResult:
+        labels = output.model.labels
+        probabilities = softmax(output.logits.astype(np.float64), axis=1).astype(np.float32)
+        best = probabilities.argmax(axis=1)
+        predictions = [
+            Prediction(request_id=uuid.uuid4().hex, label=labels[k], score=float(probabilities[i, k]),
+                       probabilities={name: float(p) for name, p in zip(labels, probabilities[i])},
+                       truncated=output.truncated[i])
+            for i, k in enumerate(best)
+        ]
+        for k in best:
+            PREDICTIONS.labels(output.model.version, labels[k]).inc()
+        result = ClassifyResult(model_name=output.model.model_name, model_version=output.model.version,
+                                predictions=predictions, probabilities=probabilities,
+                                embeddings=output.embeddings, latency_ms=(time.perf_counter() - started) * 1000)
+        for listener in self.listeners:
+            listener(texts, result)
+        return result
+
+
+@contextmanager
+def track_request(route: str) -> Iterator[dict[str, str]]:
+    """Count, time and gauge one request; the transport sets ``outcome["status"]`` when it answers."""
+    outcome = {"status": "200"}
+    INFLIGHT.inc()
+    started = time.perf_counter()
+    try:
+        yield outcome
+    except ServiceError as exc:
+        outcome["status"] = str(int(exc.status))
+        raise
+    except Exception:
+        outcome["status"] = "500"
+        raise
+    finally:
+        INFLIGHT.dec()
+        REQUEST_DURATION.labels(route).observe(time.perf_counter() - started)
+        REQUESTS.labels(route, outcome["status"]).inc()

@@ -1,0 +1,43 @@
+"""Errors of the serving path. Each carries the HTTP status and gRPC code its edge answers with."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ServiceError(Exception):
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(ServiceError):
+    status = HTTPStatus.BAD_REQUEST
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class TextTooLongError(ServiceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ModelNotFoundError(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+    grpc_code = "NOT_FOUND"
+
+
+class ModelNotReadyError(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"
+
+
+class SwapError(ServiceError):
+    """A new version could not be swapped in; the old one keeps serving."""
+
+    def __init__(self, version: str, reason: str, detail: str) -> None:
+        super().__init__(f"cannot swap in {version}: {reason}: {detail}")
+        self.version = version
+        self.reason = reason

@@ -1,0 +1,27 @@
+"""The service's Prometheus series (names: docs/metrics.md). BentoML serves them on /metrics.
+
+BentoML runs workers as separate processes with prometheus_client's multiprocess mode, so every
+gauge says how its per-process values combine.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+
+REQUESTS = Counter("tuneloop_requests_total", "Requests answered, by route and status", ["route", "status"])
+REQUEST_DURATION = Histogram("tuneloop_request_duration_seconds", "Time from request to response",
+                             ["route"], buckets=LATENCY_BUCKETS)
+INFLIGHT = Gauge("tuneloop_inflight_requests", "Requests being answered now", multiprocess_mode="livesum")
+INFERENCE_DURATION = Histogram("tuneloop_inference_duration_seconds", "One session.run on one batch",
+                               ["model_version"], buckets=LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("tuneloop_batch_size", "Texts per session.run", ["model_version"], buckets=BATCH_BUCKETS)
+PREDICTIONS = Counter("tuneloop_predictions_total", "Predictions made", ["model_version", "label"])
+MODEL_INFO = Gauge("tuneloop_model_info", "The model being served",
+                   ["model_name", "model_version", "provider", "precision"], multiprocess_mode="livemax")
+MODEL_LOADED_AT = Gauge("tuneloop_model_loaded_timestamp_seconds", "When the served version was loaded",
+                        multiprocess_mode="livemax")
+SWAPS = Counter("tuneloop_model_swaps_total", "Successful hot swaps")
+SWAP_FAILURES = Counter("tuneloop_model_swap_failures_total", "Hot swaps refused", ["reason"])

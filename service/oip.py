@@ -1,0 +1,90 @@
+"""The Open Inference Protocol v2 (KServe / Triton) as tuneloop speaks it, for REST and gRPC alike.
+
+Input: one BYTES tensor of texts, shape ``[n]`` or ``[n, 1]``. Outputs: ``probabilities`` (FP32,
+``[n, labels]``), ``label`` (BYTES, ``[n]``) and ``request_id`` (BYTES, ``[n]``, the id feedback refers to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from service.dataplane import ClassifyResult
+from service.errors import InvalidInputError
+from service.model import ServedModel
+
+SERVER_NAME = "tuneloop"
+INPUT_NAME = "text"
+OUTPUT_NAMES = ("probabilities", "label", "request_id")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list  # flat, row-major
+
+
+def texts_from_inputs(inputs: list[Tensor]) -> list[str]:
+    if len(inputs) != 1:
+        raise InvalidInputError(f"expected exactly one input tensor (BYTES texts), got {len(inputs)}")
+    tensor = inputs[0]
+    if tensor.datatype != "BYTES":
+        raise InvalidInputError(f"input {tensor.name!r} has datatype {tensor.datatype}; texts must be BYTES")
+    if not tensor.shape or any(not isinstance(d, int) or d < 0 for d in tensor.shape):
+        raise InvalidInputError(f"input {tensor.name!r} has an invalid shape {tensor.shape}")
+    if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise InvalidInputError(f"input {tensor.name!r} must have shape [n] or [n, 1], got {tensor.shape}")
+    if prod(tensor.shape) != len(tensor.data):
+        raise InvalidInputError(
+            f"input {tensor.name!r} has shape {tensor.shape} but {len(tensor.data)} elements"
+        )
+    texts = []
+    for i, item in enumerate(tensor.data):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(f"input {tensor.name!r} element {i} is not valid UTF-8: {exc.reason}") from None
+        if not isinstance(item, str):
+            raise InvalidInputError(f"input {tensor.name!r} element {i} is {type(item).__name__}, not a string")
+        texts.append(item)
+    return texts
+
+
+def check_requested_outputs(requested: list[str] | None) -> None:
+    unknown = sorted(set(requested or ()) - set(OUTPUT_NAMES))
+    if unknown:
+        raise InvalidInputError(f"unknown output(s) {unknown}; this model has {list(OUTPUT_NAMES)}")
+
+
+def output_tensors(result: ClassifyResult, requested: list[str] | None = None) -> list[Tensor]:
+    check_requested_outputs(requested)
+    n = len(result.predictions)
+    tensors = {
+        "probabilities": Tensor("probabilities", "FP32", list(result.probabilities.shape),
+                                result.probabilities.reshape(-1).tolist()),
+        "label": Tensor("label", "BYTES", [n], [p.label for p in result.predictions]),
+        "request_id": Tensor("request_id", "BYTES", [n], [p.request_id for p in result.predictions]),
+    }
+    return [tensors[name] for name in (requested or OUTPUT_NAMES)]
+
+
+def model_metadata(served: ServedModel) -> dict:
+    return {
+        "name": served.model_name,
+        "versions": [served.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(served.labels)]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "request_id", "datatype": "BYTES", "shape": [-1]},
+        ],
+        "parameters": {"labels": served.labels, "provider": served.provider, "precision": served.precision},
+    }
+
+
+def server_metadata(version: str) -> dict:
+    return {"name": SERVER_NAME, "version": version, "extensions": ["model_repository_health"]}

@@ -1,0 +1,47 @@
+"""Everything one serving process owns: the model manager, the data plane, the gRPC server.
+
+Built once per BentoML worker; transports reach the data plane through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from service.dataplane import DataPlane
+from service.swap import ModelManager
+from tuneloop.registry import Registry
+from tuneloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ServingRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self.manager = ModelManager(self.registry, settings.serving)
+        self.dataplane = DataPlane(self.manager, settings.serving)
+        self.grpc_server = None
+
+    def start(self) -> None:
+        self.dataplane.start()
+        # Load in the background: the process is live at once and ready once a model is warm.
+        threading.Thread(target=self._load_then_watch, name="tuneloop-initial-load", daemon=True).start()
+        port = self.settings.serving.grpc_port
+        if port:
+            from service.grpc.server import start_grpc_server
+
+            self.grpc_server = start_grpc_server(self.dataplane, port, host=self.settings.serving.host)
+            log.info("gRPC (Open Inference Protocol v2) on %s:%d", self.settings.serving.host, port)
+
+    def _load_then_watch(self) -> None:
+        self.manager.check_once()
+        self.manager.start()
+
+    def stop(self) -> None:
+        """Graceful: stop taking gRPC calls, finish queued batches, then stop watching."""
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=10).wait()
+        self.dataplane.stop()
+        self.manager.stop()

@@ -1,0 +1,28 @@
+"""Registered model versions for tests that serve or monitor a model: tiny, real, trained in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapter.pipeline import train_and_register
+from adapter.training.data import load_labelled_data
+from adapter.training.hyperparameters import Hyperparameters
+from tuneloop.registry import Registry, State
+from tuneloop.settings import load_settings
+
+TINY = dict(epochs=1, batch_size=16, max_length=32, learning_rate=1e-3)
+
+
+def train_tiny_version(registry_root: Path, data_path: Path, base_model: Path, seed: int = 42) -> str:
+    """Train, export and register a tiny classifier; returns its version (awaiting approval)."""
+    settings = load_settings(registry=str(registry_root))
+    data = load_labelled_data(data_path, validation_fraction=0.2, test_fraction=0.2, seed=seed)
+    outcome = train_and_register(data, Hyperparameters(**TINY, seed=seed), settings, base_model=str(base_model),
+                                 show_progress=False)
+    return outcome.version
+
+
+def approve_and_promote(registry_root: Path, version: str) -> None:
+    registry = Registry(registry_root)
+    registry.transition(version, State.APPROVED, "test", "approved in a test")
+    registry.promote(version, "test", "promoted in a test")

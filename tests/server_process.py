@@ -1,0 +1,80 @@
+"""Real ``tuneloop serve`` processes on free loopback ports, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, registry: Path | str, log_path: Path, *, grpc: bool = True, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.registry = str(registry)
+        self.http_port = free_port()
+        self.grpc_port = free_port() if grpc else 0
+        self.log_path = log_path
+        self.env = {**os.environ, "TUNELOOP_SERVING__POLL_INTERVAL_S": "0.2", **(env or {})}
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 180.0) -> ServerProcess:
+        tuneloop = Path(sys.executable).parent / "tuneloop"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(tuneloop), "serve", "--host", "127.0.0.1", "--port", str(self.http_port),
+             "--grpc-port", str(self.grpc_port), "--registry", self.registry, *self.args],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"server not ready after {timeout} s; log: {self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

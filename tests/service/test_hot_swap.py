@@ -1,0 +1,118 @@
+"""Hot swap under load: zero failed requests, every response names the version that produced it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.model_versions import approve_and_promote, train_tiny_version
+from tests.server_process import ServerProcess
+from tuneloop.registry import ModelCard, Registry, State
+
+TEXTS = ["the battery lasts all day", "stopped working after a week", "decent sound for the price",
+         "I returned it", "excellent, would buy again"]
+
+
+@pytest.fixture(scope="module")
+def registry_with_two_versions(tmp_path_factory: pytest.TempPathFactory, small_amazon: Path, tiny_bert: Path) -> Path:
+    root = tmp_path_factory.mktemp("swap") / "registry"
+    v1 = train_tiny_version(root, small_amazon, tiny_bert, seed=1)
+    approve_and_promote(root, v1)
+    v2 = train_tiny_version(root, small_amazon, tiny_bert, seed=2)
+    Registry(root).transition(v2, State.APPROVED, "test", "ready to swap")
+    return root
+
+
+def publish_broken_copy(root: Path, source: str) -> str:
+    """A version whose files are intact (checksums pass) but whose reference predictions are all
+    wrong: the service's smoke check must refuse it."""
+    registry = Registry(root)
+    original = registry.open_version(source)
+    staging = root.parent / "broken-stage"
+    shutil.copytree(original.path, staging)
+    (staging / "MANIFEST.json").unlink()
+    with np.load(staging / "reference.npz") as ref:
+        arrays = {k: ref[k] for k in ref.files}
+    arrays["predictions"] = 1 - arrays["predictions"]
+    np.savez_compressed(staging / "reference.npz", **arrays)
+    card = ModelCard.model_validate(json.loads((staging / "card.json").read_text()))
+    version = registry.publish(staging, card, actor="test", reason="deliberately broken")
+    for state in (State.AWAITING_APPROVAL, State.APPROVED):
+        registry.transition(version, state, "test", "to test a refused swap")
+    return version
+
+
+def test_swap_under_concurrent_load_has_zero_failures(registry_with_two_versions: Path, tmp_path: Path) -> None:
+    root = registry_with_two_versions
+    results: list[tuple[int, int, str, float]] = []  # (thread, status, version, finished_at)
+    promoted_at: dict[str, float] = {}
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                try:
+                    r = http.post("/classify", json={"texts": [TEXTS[(worker + i) % len(TEXTS)]]})
+                    version = r.json().get("model_version", "?") if r.status_code == 200 else "?"
+                    status = r.status_code
+                except httpx.HTTPError as exc:
+                    status, version = -1, type(exc).__name__
+                with lock:
+                    results.append((worker, status, version, time.monotonic()))
+                i += 1
+
+    with ServerProcess(root, tmp_path / "server.log", grpc=False) as server:
+        threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 240
+        while len(results) < 800 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        Registry(root).promote("v2", "test", "swap under load")
+        promoted_at["v2"] = time.monotonic()
+        while (len(results) < 2000 or sum(1 for r in results if r[2] == "v2") < 500) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join()
+        metrics = httpx.get(f"{server.url}/metrics").text
+
+    failures = [r for r in results if r[1] != 200]
+    assert len(results) >= 2000
+    assert failures == []
+    assert {r[2] for r in results} == {"v1", "v2"}
+    assert all(r[2] == "v1" for r in results if r[3] < promoted_at["v2"])
+    for worker in range(8):  # per client, once v2 answered, v1 never answers again
+        versions = [r[2] for r in results if r[0] == worker]
+        first_v2 = versions.index("v2")
+        assert set(versions[first_v2:]) == {"v2"}
+    assert "tuneloop_model_swaps_total 1.0" in metrics
+    assert 'model_version="v2"' in metrics
+
+
+def test_refused_swap_keeps_serving_the_old_version(registry_with_two_versions: Path, tmp_path: Path) -> None:
+    root = registry_with_two_versions
+    serving = Registry(root).production()
+    with ServerProcess(root, tmp_path / "server.log", grpc=False) as server:
+        broken = publish_broken_copy(root, serving)
+        Registry(root).promote(broken, "test", "should be refused by the service")
+        deadline = time.monotonic() + 60
+        metrics = ""
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"{server.url}/metrics").text
+            if 'tuneloop_model_swap_failures_total{reason="smoke_check"} 1.0' in metrics:
+                break
+            time.sleep(0.3)
+        assert 'tuneloop_model_swap_failures_total{reason="smoke_check"} 1.0' in metrics
+        r = httpx.post(f"{server.url}/classify", json={"texts": ["still answering"]})
+        assert r.status_code == 200 and r.json()["model_version"] == serving
+        assert f"cannot swap in {broken}: smoke_check" in server.tail(20000)

@@ -1,0 +1,165 @@
+"""The HTTP surface of a real ``tuneloop serve`` process: /classify, OIP v2 REST, metrics, bad input, fuzzing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.dataplane import DataPlane
+from service.errors import TextTooLongError
+from service.swap import ModelManager
+from tests.model_versions import approve_and_promote, train_tiny_version
+from tests.server_process import ServerProcess
+from tuneloop.registry import Registry
+from tuneloop.settings import ServingSettings
+
+
+@pytest.fixture(scope="module")
+def served_registry(tmp_path_factory: pytest.TempPathFactory, small_amazon: Path, tiny_bert: Path) -> Path:
+    root = tmp_path_factory.mktemp("served") / "registry"
+    version = train_tiny_version(root, small_amazon, tiny_bert)
+    approve_and_promote(root, version)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(served_registry: Path, tmp_path_factory: pytest.TempPathFactory):
+    with ServerProcess(served_registry, tmp_path_factory.mktemp("logs") / "server.log", grpc=False) as proc:
+        yield proc
+
+
+def post(server: ServerProcess, path: str, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", timeout=30, **kwargs)
+
+
+def test_classify_names_the_version_and_returns_probabilities(server: ServerProcess) -> None:
+    r = post(server, "/classify", json={"texts": ["great phone, love it", "battery died after a day"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model_name"], body["model_version"]) == ("sentiment", "v1")
+    assert len(body["predictions"]) == 2
+    for p in body["predictions"]:
+        assert set(p["probabilities"]) == {"0", "1"}
+        assert p["probabilities"][p["label"]] == pytest.approx(p["score"])
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert len(p["request_id"]) == 32 and p["truncated"] is False
+    assert body["predictions"][0]["request_id"] != body["predictions"][1]["request_id"]
+
+
+def test_long_text_is_truncated_by_tokens_and_says_so(server: ServerProcess) -> None:
+    r = post(server, "/classify", json={"texts": ["short", "word " * 300]})
+    assert r.status_code == 200
+    assert [p["truncated"] for p in r.json()["predictions"]] == [False, True]
+
+
+def test_same_answer_over_http_and_oip(server: ServerProcess) -> None:
+    texts = ["the screen cracked", "works as advertised"]
+    http = post(server, "/classify", json={"texts": texts}).json()
+    oip = post(server, "/v2/models/sentiment/infer",
+               json={"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": texts}]}).json()
+    probs = {o["name"]: o for o in oip["outputs"]}["probabilities"]
+    assert probs["shape"] == [2, 2]
+    flat = [p["probabilities"][label] for p in http["predictions"] for label in ("0", "1")]
+    assert probs["data"] == pytest.approx(flat, abs=1e-5)
+    assert {o["name"]: o for o in oip["outputs"]}["label"]["data"] == [p["label"] for p in http["predictions"]]
+    assert oip["model_version"] == "v1"
+
+
+def test_oip_health_and_metadata(server: ServerProcess) -> None:
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(f"{server.url}/v2/models/sentiment").json()
+    assert meta["versions"] == ["v1"] and meta["inputs"][0]["datatype"] == "BYTES"
+    assert meta["parameters"]["provider"] == "CPUExecutionProvider"
+    assert httpx.get(f"{server.url}/v2/models/sentiment/versions/v1/ready").json()["ready"] is True
+    assert httpx.get(f"{server.url}/v2").json()["name"] == "tuneloop"
+    named = post(server, "/v2/models/sentiment/versions/v1/infer",
+                 json={"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["fine"]}],
+                       "outputs": [{"name": "label"}]})
+    assert [o["name"] for o in named.json()["outputs"]] == ["label"]
+
+
+GOOD = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["fine"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "message"),
+    [
+        ("/classify", b'{"texts": ["unclosed', 400, "Invalid JSON"),
+        ("/classify", b'{"texts": ["\xff\xfe"]}', 400, "Invalid JSON"),  # invalid UTF-8
+        ("/classify", {"texts": "just a string"}, 400, "valid array"),
+        ("/classify", {"texts": [1, 2]}, 400, "valid string"),
+        ("/classify", {"wrong": ["x"]}, 400, "missing"),
+        ("/classify", {"texts": []}, 400, "'texts' is empty"),
+        ("/classify", {"texts": ["ok", "   "]}, 400, "texts[1] is empty or only whitespace"),
+        ("/classify", {"texts": ["x"] * 65}, 400, "the limit is 64"),
+        ("/classify", {"texts": ["x" * 10_001]}, 413, "10001 characters"),
+        ("/v2/models/nope/infer", {"inputs": [GOOD]}, 404, "unknown model 'nope'"),
+        ("/v2/models/sentiment/versions/v9/infer", {"inputs": [GOOD]}, 404, "'v9' is not served"),
+        ("/v2/models/sentiment/infer", {"inputs": [GOOD | {"datatype": "INT32"}]}, 400, "must be BYTES"),
+        ("/v2/models/sentiment/infer", {"inputs": [GOOD | {"shape": [2]}]}, 400, "but 1 elements"),
+        ("/v2/models/sentiment/infer", {"inputs": [GOOD | {"shape": [1, 2]}]}, 400, "[n] or [n, 1]"),
+        ("/v2/models/sentiment/infer", {"inputs": [GOOD | {"data": [3]}]}, 400, "not a string"),
+        ("/v2/models/sentiment/infer", {"inputs": [GOOD, GOOD]}, 400, "exactly one input"),
+        ("/v2/models/sentiment/infer", {"inputs": []}, 400, "invalid inference request"),
+        ("/v2/models/sentiment/infer", {"inputs": [GOOD], "outputs": [{"name": "x"}]}, 400, "unknown output"),
+        ("/v2/models/sentiment/infer", b"not json", 400, "invalid inference request"),
+        ("/classify", ("multipart/form-data", b'{"texts": ["x"]}'), 415, "send application/json"),
+        ("/v2/models/sentiment/infer", ("text/plain", b"hello"), 415, "send application/json"),
+    ],
+)
+def test_bad_input_gets_a_4xx_that_names_the_problem(server: ServerProcess, path: str, payload, status: int,
+                                                     message: str) -> None:
+    if isinstance(payload, tuple):
+        r = post(server, path, content=payload[1], headers={"content-type": payload[0]})
+    elif isinstance(payload, bytes):
+        r = post(server, path, content=payload, headers={"content-type": "application/json"})
+    else:
+        r = post(server, path, json=payload)
+    assert r.status_code == status, r.text
+    assert message in r.text
+
+
+def test_reject_mode_refuses_texts_over_the_token_limit(served_registry: Path) -> None:
+    manager = ModelManager(Registry(served_registry), ServingSettings(on_too_long="reject"))
+    manager.check_once()
+    plane = DataPlane(manager, manager.settings)
+    plane.start()
+    try:
+        assert plane.classify_blocking(["short enough"]).model_version == "v1"
+        with pytest.raises(TextTooLongError, match=r"texts\[1\] has \d+ tokens; the model reads at most 32") as err:
+            plane.classify_blocking(["fine", "word " * 100])
+        assert err.value.status == 413
+    finally:
+        plane.stop()
+
+
+def test_metrics_name_routes_versions_and_provider(server: ServerProcess) -> None:
+    post(server, "/classify", json={"texts": ["a fine phone"]})
+    post(server, "/classify", json={"texts": []})
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'tuneloop_requests_total{route="/classify",status="200"}' in text
+    assert 'tuneloop_requests_total{route="/classify",status="400"}' in text
+    assert 'tuneloop_model_info{model_name="sentiment",model_version="v1",precision="fp32",provider="CPUExecutionProvider"} 1.0' in text
+    for family in ("tuneloop_batch_size_bucket", "tuneloop_inference_duration_seconds_bucket",
+                   "tuneloop_predictions_total", "tuneloop_request_duration_seconds_bucket",
+                   "tuneloop_inflight_requests", "tuneloop_model_loaded_timestamp_seconds"):
+        assert family in text, family
+
+
+@pytest.mark.parametrize("spec", ["/docs.json", "/v2/openapi.json"])
+def test_fuzzing_the_openapi_spec_never_yields_a_server_error(server: ServerProcess, spec: str) -> None:
+    spec_url = f"{server.url}{spec}"
+    assert httpx.get(spec_url).status_code == 200
+    schemathesis = Path(sys.executable).parent / "schemathesis"
+    base = server.url
+    done = subprocess.run(
+        [str(schemathesis), "run", spec_url, "--url", base, "--checks", "not_a_server_error",
+         "--max-examples", "40", "--generation-deterministic", "--request-timeout", "30", "--no-color"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
