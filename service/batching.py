@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from service.metrics import BATCH_SIZE, INFERENCE_DURATION
 from service.model import ServedModel
+from tuneloop.inference import plan_length_buckets
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ class _Pending:
 
 
 class MicroBatcher:
-    def __init__(self, current_model: callable, max_batch_size: int = 32, max_latency_ms: float = 2.0) -> None:
+    def __init__(self, current_model: Callable[[], ServedModel], max_batch_size: int = 32,
+                 max_latency_ms: float = 2.0, run_overhead_tokens: int = 16) -> None:
         self._current_model = current_model
+        self.run_overhead_tokens = run_overhead_tokens
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -122,21 +126,18 @@ class MicroBatcher:
             start = end
 
     def _infer(self, model: ServedModel, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        clf = model.classifier
+        tokens = clf.tokenize(texts)  # once for the whole batch; padding happens per bucket
         logits = np.empty((len(texts), len(model.labels)), dtype=np.float32)
         embeddings: np.ndarray | None = None
-        truncated = [False] * len(texts)
-        for start in range(0, len(texts), self.max_batch_size):
-            idx = order[start:start + self.max_batch_size]
-            encoded = model.classifier.encode([texts[i] for i in idx])
+        for idx in plan_length_buckets(tokens.lengths(), self.max_batch_size, self.run_overhead_tokens):
+            feeds = clf.feeds([tokens.ids[i] for i in idx])
             began = time.perf_counter()
-            bucket_logits, bucket_emb = model.classifier.run(encoded.feeds)
+            bucket_logits, bucket_emb = clf.run(feeds)
             INFERENCE_DURATION.labels(model.version).observe(time.perf_counter() - began)
             BATCH_SIZE.labels(model.version).observe(len(idx))
             if embeddings is None:
                 embeddings = np.empty((len(texts), bucket_emb.shape[1]), dtype=np.float32)
             logits[idx] = bucket_logits
             embeddings[idx] = bucket_emb
-            for row, i in enumerate(idx):
-                truncated[i] = encoded.truncated[row]
-        return logits, embeddings, truncated
+        return logits, embeddings, tokens.truncated

@@ -51,7 +51,8 @@ class DataPlane:
     def __init__(self, manager: ModelManager, settings: ServingSettings) -> None:
         self.manager = manager
         self.settings = settings
-        self.batcher = MicroBatcher(lambda: manager.current, settings.max_batch_size, settings.max_latency_ms)
+        self.batcher = MicroBatcher(lambda: manager.current, settings.max_batch_size, settings.max_latency_ms,
+                                    settings.bucket_run_overhead_tokens)
         self.listeners: list[PredictionListener] = []
 
     def start(self) -> None:

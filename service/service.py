@@ -48,6 +48,7 @@ def http_error(exc: ServiceError) -> JSONResponse:
     traffic={"timeout": 60},
     # The batcher, not BentoML's concurrency limit, shapes load; let requests reach it.
     http={"port": SETTINGS.serving.port},
+    logging={"access": {"enabled": SETTINGS.serving.access_log}},
 )
 @bentoml.asgi_app(rest_oip.app, path="/")
 class Tuneloop:

@@ -55,6 +55,7 @@ class ServingSettings(BaseModel):
     port: int = Field(3000, ge=1, le=65535)
     grpc_port: int | None = Field(8001, ge=0, le=65535, description="None or 0: no gRPC server")
     workers: int = Field(1, ge=1)
+    access_log: bool = False  # one log line per request costs a measurable share of a core
     max_texts: int = Field(64, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
     max_tokens: int = Field(128, ge=8)
@@ -62,6 +63,8 @@ class ServingSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     max_latency_ms: float = Field(2.0, ge=0, description="longest a batch waits for more requests")
     intra_op_threads: int = Field(0, ge=0, description="0: one per core")
+    ort_spinning: bool = True
+    bucket_run_overhead_tokens: int = Field(16, ge=0, description="see tuneloop.inference.plan_length_buckets")
     poll_interval_s: float = Field(2.0, gt=0)
     precision: Literal["auto", "fp32", "int8", "fp16"] = "auto"
     provider: Literal["auto", "cuda", "cpu"] = "auto"
