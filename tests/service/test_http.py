@@ -163,3 +163,28 @@ def test_fuzzing_the_openapi_spec_never_yields_a_server_error(server: ServerProc
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_graceful_shutdown_answers_requests_in_flight(served_registry: Path, tmp_path: Path) -> None:
+    """SIGTERM while requests are queued: every one of them is still answered."""
+    import concurrent.futures
+    import os
+    import signal
+    import time
+
+    proc = ServerProcess(served_registry, tmp_path / "server.log", grpc=False).start()
+    body = {"texts": [f"sentence number {i} about a phone that " + "mostly works " * (i % 20) for i in range(64)]}
+
+    def call() -> tuple[int, float]:
+        status = httpx.post(f"{proc.url}/classify", json=body, timeout=120).status_code
+        return status, time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=48) as pool:
+        futures = [pool.submit(call) for _ in range(48)]
+        time.sleep(0.2)  # they reach the server and queue behind each other
+        os.killpg(proc.proc.pid, signal.SIGTERM)
+        terminated_at = time.monotonic()
+        results = [f.result() for f in futures]
+    assert [status for status, _ in results] == [200] * 48
+    assert any(done > terminated_at for _, done in results)  # some really were in flight
+    assert proc.proc.wait(timeout=60) == 0, proc.tail()
