@@ -12,18 +12,9 @@ import pytest
 from service.dataplane import DataPlane
 from service.errors import TextTooLongError
 from service.swap import ModelManager
-from tests.model_versions import approve_and_promote, train_tiny_version
 from tests.server_process import ServerProcess
 from tuneloop.registry import Registry
 from tuneloop.settings import ServingSettings
-
-
-@pytest.fixture(scope="module")
-def served_registry(tmp_path_factory: pytest.TempPathFactory, small_amazon: Path, tiny_bert: Path) -> Path:
-    root = tmp_path_factory.mktemp("served") / "registry"
-    version = train_tiny_version(root, small_amazon, tiny_bert)
-    approve_and_promote(root, version)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -166,25 +157,35 @@ def test_fuzzing_the_openapi_spec_never_yields_a_server_error(server: ServerProc
 
 
 def test_graceful_shutdown_answers_requests_in_flight(served_registry: Path, tmp_path: Path) -> None:
-    """SIGTERM while requests are queued: every one of them is still answered."""
+    """SIGTERM while requests wait in the batcher: every one of them is still answered."""
     import concurrent.futures
     import os
+    import re
     import signal
     import time
 
-    proc = ServerProcess(served_registry, tmp_path / "server.log", grpc=False).start()
-    body = {"texts": [f"sentence number {i} about a phone that " + "mostly works " * (i % 20) for i in range(64)]}
+    # A batch that waits up to 5 s to fill keeps the requests in flight long enough to signal.
+    proc = ServerProcess(served_registry, tmp_path / "server.log", grpc=False,
+                         env={"TUNELOOP_SERVING__MAX_LATENCY_MS": "5000",
+                              "TUNELOOP_SERVING__MAX_BATCH_SIZE": "100000"}).start()
 
-    def call() -> tuple[int, float]:
-        status = httpx.post(f"{proc.url}/classify", json=body, timeout=120).status_code
-        return status, time.monotonic()
+    def call(i: int) -> tuple[int, float]:
+        r = httpx.post(f"{proc.url}/classify", json={"texts": [f"request {i}", "works fine"]}, timeout=60)
+        return r.status_code, time.monotonic()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=48) as pool:
-        futures = [pool.submit(call) for _ in range(48)]
-        time.sleep(0.2)  # they reach the server and queue behind each other
+    def inflight() -> float:
+        text = httpx.get(f"{proc.url}/metrics", timeout=5).text
+        return float(re.search(r"^tuneloop_inflight_requests (\S+)$", text, re.M).group(1))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(call, i) for i in range(16)]
+        deadline = time.monotonic() + 4
+        while inflight() < 16 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert inflight() == 16
         os.killpg(proc.proc.pid, signal.SIGTERM)
         terminated_at = time.monotonic()
         results = [f.result() for f in futures]
-    assert [status for status, _ in results] == [200] * 48
-    assert any(done > terminated_at for _, done in results)  # some really were in flight
+    assert [status for status, _ in results] == [200] * 16
+    assert all(done > terminated_at for _, done in results)
     assert proc.proc.wait(timeout=60) == 0, proc.tail()

@@ -1,0 +1,145 @@
+"""``inference.GRPCInferenceService`` (Open Inference Protocol v2) over the DataPlane, on grpcio.
+
+BentoML's new SDK serves no gRPC, so this server runs beside it in each worker process; grpcio's
+SO_REUSEPORT lets every worker bind the same port and the kernel spreads connections over them.
+Handlers run in grpcio's thread pool and block on the shared micro-batcher, so gRPC and HTTP
+requests land in the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+import tuneloop
+from service.dataplane import DataPlane, track_request
+from service.errors import ModelNotReadyError, ServiceError
+from service.grpc import codec
+from service.grpc import grpc_predict_v2_pb2 as pb
+from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.oip import (check_requested_outputs, model_metadata, output_tensors, server_metadata,
+                         texts_from_inputs)
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Message)
+Ctx = grpc.ServicerContext
+
+# Matches DataPlane.classify_blocking's own default; a client deadline shortens it.
+INFER_TIMEOUT_S = 60.0
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.plane = dataplane
+
+    # ------------------------------------------------------------------ health
+    def ServerLive(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
+        return _answer("ServerLive", context, lambda: pb.ServerLiveResponse(live=self.plane.live))
+
+    def ServerReady(self, request: pb.ServerReadyRequest, context: Ctx) -> pb.ServerReadyResponse:
+        return _answer("ServerReady", context, lambda: pb.ServerReadyResponse(ready=self.plane.ready))
+
+    def ModelReady(self, request: pb.ModelReadyRequest, context: Ctx) -> pb.ModelReadyResponse:
+        def ready() -> pb.ModelReadyResponse:
+            if not self.plane.ready:
+                # The protocol's answer to "is it ready?" is ready=false, not an error; with nothing
+                # loaded the name cannot be checked either.
+                return pb.ModelReadyResponse(ready=False)
+            self.plane.model(request.name, request.version or None)
+            return pb.ModelReadyResponse(ready=True)
+
+        return _answer("ModelReady", context, ready)
+
+    # ------------------------------------------------------------------ metadata
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Ctx) -> pb.ServerMetadataResponse:
+        return _answer("ServerMetadata", context,
+                       lambda: pb.ServerMetadataResponse(**server_metadata(tuneloop.__version__)))
+
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> pb.ModelMetadataResponse:
+        def metadata() -> pb.ModelMetadataResponse:
+            meta = model_metadata(self.plane.model(request.name, request.version or None))
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            # The protocol's gRPC message has no "parameters" (labels, provider): REST carries those.
+            return pb.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]],
+            )
+
+        return _answer("ModelMetadata", context, metadata)
+
+    # ------------------------------------------------------------------ inference
+    def ModelInfer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
+        return _answer("ModelInfer", context, lambda: self._infer(request, context))
+
+    def _infer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
+        version = request.model_version or None  # proto3: "" means "whichever is served"
+        self.plane.model(request.model_name, version)  # NOT_FOUND before any work
+        texts = texts_from_inputs(codec.input_tensors(request))
+        requested = [o.name for o in request.outputs] or None
+        check_requested_outputs(requested)  # fail before the work, not after
+        result = self.plane.classify_blocking(texts, timeout=_timeout(context))
+        if version is not None and result.model_version != version:
+            # A swap landed between the check and the batch: say so rather than answer for another version.
+            raise ModelNotReadyError(f"version {version} was swapped out while the request waited; retry")
+        return codec.infer_response(result.model_name, result.model_version, request.id,
+                                    output_tensors(result, requested), raw=bool(request.raw_input_contents))
+
+
+def _timeout(context: Ctx) -> float:
+    remaining = context.time_remaining()
+    return INFER_TIMEOUT_S if remaining is None else max(0.0, min(INFER_TIMEOUT_S, remaining))
+
+
+def _answer(method: str, context: Ctx, work: Callable[[], R]) -> R:
+    """Run one RPC: count it under ``grpc:<method>`` with its gRPC code, and turn every failure into
+    a status with a message. Nothing escapes to grpcio, whose fallback is a bare UNKNOWN."""
+    code, details = grpc.StatusCode.OK, ""
+    with track_request(f"grpc:{method}") as outcome:
+        try:
+            response = work()
+        except ServiceError as exc:
+            code, details = grpc.StatusCode[exc.grpc_code], exc.message
+        except TimeoutError:
+            code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "no answer from the model within the deadline"
+        except Exception as exc:
+            log.exception("gRPC %s failed", method)
+            code, details = grpc.StatusCode.INTERNAL, (f"internal error ({type(exc).__name__}); "
+                                                      "see the server log")
+        outcome["status"] = code.name
+    if code is not grpc.StatusCode.OK:
+        # Outside track_request: abort raises, and track_request would count that as a 500.
+        context.abort(code, details)
+    return response
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):  # a bare IPv6 address such as "::"
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def start_grpc_server(dataplane: DataPlane, port: int, max_workers: int = 16,
+                      host: str = "127.0.0.1") -> grpc.Server:
+    """Serve OIP v2 on ``host:port`` ("0.0.0.0", "::" or "[::]" for every interface) and return the
+    started server; ``server.stop(grace)`` refuses new calls and lets running ones finish."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tuneloop-grpc"),
+        # grpcio's default on Linux, stated so that nobody turns it off: BentoML workers share the port.
+        options=[("grpc.so_reuseport", 1)],
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    address = _address(host, port)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # newer grpcio raises; older ones return 0
+        raise OSError(f"cannot bind the gRPC server to {address}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    server.start()
+    return server
