@@ -6,7 +6,10 @@ gauge says how its per-process values combine.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -25,3 +28,13 @@ MODEL_LOADED_AT = Gauge("tuneloop_model_loaded_timestamp_seconds", "When the ser
                         multiprocess_mode="livemax")
 SWAPS = Counter("tuneloop_model_swaps_total", "Successful hot swaps")
 SWAP_FAILURES = Counter("tuneloop_model_swap_failures_total", "Hot swaps refused", ["reason"])
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text of every series, summed over BentoML's worker processes when it runs several."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,25 +1,19 @@
-"""Open Inference Protocol v2 REST routes, mounted into the BentoML service.
-
-Mounted at the root (BentoML's own routes match first) rather than at /v2, because a mount at
-/v2 cannot answer ``GET /v2`` itself, the protocol's server-metadata route.
-"""
+"""Open Inference Protocol v2 REST routes (part of service/http_app.py's app)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import tuneloop
 from service.dataplane import DataPlane, track_request
-from service.errors import ModelNotReadyError, ServiceError
+from service.errors import ModelNotReadyError
 from service.oip import Tensor, check_requested_outputs, model_metadata, output_tensors, server_metadata, texts_from_inputs
 
-app = FastAPI(title="tuneloop — Open Inference Protocol v2", version=tuneloop.__version__,
-              openapi_url="/v2/openapi.json", docs_url="/v2/docs", redoc_url=None)
+router = APIRouter(prefix="/v2")
 
 
 class RequestInput(BaseModel):
@@ -64,41 +58,30 @@ def dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
-@app.exception_handler(ServiceError)
-async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=int(exc.status))
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return JSONResponse({"error": f"invalid inference request: {problems}"}, status_code=400)
-
-
-@app.get("/v2", response_model=dict)
+@router.get("", response_model=dict)
 async def server_meta() -> dict:
     return server_metadata(tuneloop.__version__)
 
 
-@app.get("/v2/health/live", responses={200: {"model": dict}})
+@router.get("/health/live", responses={200: {"model": dict}})
 async def live(request: Request) -> dict:
     return {"live": dataplane(request).live}
 
 
-@app.get("/v2/health/ready", responses={503: {"model": ErrorResponse}})
+@router.get("/health/ready", responses={503: {"model": ErrorResponse}})
 async def ready(request: Request) -> JSONResponse:
     is_ready = dataplane(request).ready
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-@app.get("/v2/models/{name}", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-@app.get("/v2/models/{name}/versions/{version}", responses={404: {"model": ErrorResponse}})
+@router.get("/models/{name}", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+@router.get("/models/{name}/versions/{version}", responses={404: {"model": ErrorResponse}})
 async def model_meta(request: Request, name: str, version: str | None = None) -> dict:
     return model_metadata(dataplane(request).model(name, version))
 
 
-@app.get("/v2/models/{name}/ready", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-@app.get("/v2/models/{name}/versions/{version}/ready", responses={404: {"model": ErrorResponse}})
+@router.get("/models/{name}/ready", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+@router.get("/models/{name}/versions/{version}/ready", responses={404: {"model": ErrorResponse}})
 async def model_ready(request: Request, name: str, version: str | None = None) -> dict:
     served = dataplane(request).model(name, version)
     return {"name": served.model_name, "ready": True}
@@ -126,11 +109,11 @@ _ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"
            503: {"model": ErrorResponse}}
 
 
-@app.post("/v2/models/{name}/infer", responses=_ERRORS)
+@router.post("/models/{name}/infer", responses=_ERRORS)
 async def infer(request: Request, name: str, body: InferenceRequest) -> InferenceResponse:
     return await _infer(request, name, None, body)
 
 
-@app.post("/v2/models/{name}/versions/{version}/infer", responses=_ERRORS)
+@router.post("/models/{name}/versions/{version}/infer", responses=_ERRORS)
 async def infer_version(request: Request, name: str, version: str, body: InferenceRequest) -> InferenceResponse:
     return await _infer(request, name, version, body)

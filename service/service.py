@@ -12,7 +12,7 @@ import bentoml
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
-from service import rest_oip
+from service import http_app
 from service.content_type import JsonBodyOnly
 from service.dataplane import track_request
 from service.errors import ServiceError
@@ -49,12 +49,16 @@ def http_error(exc: ServiceError) -> JSONResponse:
     # The batcher, not BentoML's concurrency limit, shapes load; let requests reach it.
     http={"port": SETTINGS.serving.port},
     logging={"access": {"enabled": SETTINGS.serving.access_log}},
+    # Our own tuneloop_* series cover every request; BentoML's duplicates and its per-request
+    # OpenTelemetry spans cost a measurable share of a core (bench/RESULTS.md), so they are opt-in.
+    metrics={"enabled": SETTINGS.serving.bentoml_metrics},
+    tracing={"excluded_urls": [] if SETTINGS.serving.tracing else ["/classify", "/v2", "/feedback"]},
 )
-@bentoml.asgi_app(rest_oip.app, path="/")
+@bentoml.asgi_app(http_app.app, path="/")
 class Tuneloop:
     def __init__(self) -> None:
         self.runtime = ServingRuntime(get_settings())
-        rest_oip.app.state.dataplane = self.runtime.dataplane
+        http_app.app.state.dataplane = self.runtime.dataplane
         self.runtime.start()
 
     def __is_ready__(self) -> bool:

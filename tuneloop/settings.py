@@ -10,13 +10,14 @@ registry root's own name.
 
 from __future__ import annotations
 
+import copy
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -56,6 +57,8 @@ class ServingSettings(BaseModel):
     grpc_port: int | None = Field(8001, ge=0, le=65535, description="None or 0: no gRPC server")
     workers: int = Field(1, ge=1)
     access_log: bool = False  # one log line per request costs a measurable share of a core
+    bentoml_metrics: bool = False  # BentoML's own bentoml_service_* series beside ours
+    tracing: bool = False  # OpenTelemetry spans on the inference routes
     max_texts: int = Field(64, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
     max_tokens: int = Field(128, ge=8)
@@ -98,14 +101,56 @@ class KafkaSettings(BaseModel):
 
 
 class MonitorSettings(BaseModel):
-    window_size: int = Field(200, ge=10)
-    window_step: int = Field(200, ge=1)
-    embedding_method: str = "model"
-    embedding_threshold: float = 0.55
-    prediction_method: str = "psi"
-    prediction_threshold: float = 0.2
-    port: int = 8700
-    reports_kept: int = Field(20, ge=1)
+    """The drift monitor (``tuneloop monitor``): windows, drift signals, and where it serves metrics and reports.
+
+    Each entry of ``signals`` configures the drift signal of that name (``monitoring/signals/``); the
+    monitor validates it against that signal's own config. Entries given in a file or the environment
+    are merged over ``DEFAULT_SIGNALS`` key by key, so ``signals: {embedding: {threshold: 0.8}}`` changes one
+    threshold and keeps every other signal; ``{text_oov: {enabled: false}}`` turns one off.
+    The defaults were chosen on the sentiment data (bench/results/drift.md): 200-prediction windows against a
+    300-row reference, every threshold well above what held-out in-domain traffic reaches.
+    """
+
+    DEFAULT_SIGNALS: ClassVar[dict[str, dict[str, Any]]] = {
+        # Evidently's domain-classifier AUC; 0.5 = indistinguishable. Held-out traffic stays < 0.61.
+        "embedding": {"method": "model", "threshold": 0.7},
+        # Predicted label shares; PSI 0.1 is the textbook "moderate shift" line.
+        "prediction": {"method": "psi", "threshold": 0.1},
+        # Top-class probability; normed Wasserstein (in reference standard deviations).
+        "confidence": {"method": "wasserstein", "threshold": 0.3},
+        "text_length": {"method": "wasserstein", "threshold": 0.35},
+        # Share of words the reference texts never used.
+        "text_oov": {"method": "wasserstein", "threshold": 0.35},
+    }
+
+    window_size: int = Field(200, ge=10, description="predictions per window, per model version")
+    window_step: int = Field(100, ge=1, description="new predictions between two evaluations of a window")
+    signals: dict[str, dict[str, Any]] = Field(default_factory=lambda: copy.deepcopy(MonitorSettings.DEFAULT_SIGNALS))
+    drift_end_after: int = Field(
+        2, ge=1, description="clean evaluations in a row before a drift episode ends (damps flapping)"
+    )
+    host: str = "0.0.0.0"
+    port: int = Field(8700, ge=0, le=65535, description="/metrics and /reports; 0 picks a free port")
+    reports_kept: int = Field(20, ge=1, description="Evidently HTML reports kept (in memory, gzip-compressed)")
+    consumer_group: str = "tuneloop-monitor"
+    idle_version_s: float = Field(
+        6 * 3600, gt=0, description="forget a model version's window and series after this long without traffic"
+    )
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _merge_signal_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged = copy.deepcopy(cls.DEFAULT_SIGNALS)
+        for name, options in value.items():
+            if options is None:
+                merged.pop(name, None)
+            elif isinstance(options, dict):
+                merged[name] = {**merged.get(name, {}), **options}
+            else:
+                merged[name] = options  # left for validation to reject
+        return merged
 
 
 class Settings(BaseSettings):

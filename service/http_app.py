@@ -1,0 +1,37 @@
+"""The HTTP routes beside BentoML's ``/classify`` API: the Open Inference Protocol v2 REST routes and
+``/metrics``. Mounted at the root of the BentoML service, whose own routes match first (a mount at
+``/v2`` could not answer ``GET /v2`` itself, the protocol's server-metadata route)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+import tuneloop
+from service import rest_oip
+from service.errors import ServiceError
+from service.metrics import render_metrics
+
+app = FastAPI(title="tuneloop — Open Inference Protocol v2", version=tuneloop.__version__,
+              openapi_url="/v2/openapi.json", docs_url="/v2/docs", redoc_url=None)
+app.include_router(rest_oip.router)
+
+
+@app.exception_handler(ServiceError)
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=int(exc.status))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"error": f"invalid request: {problems}"}, status_code=400)
+
+
+@app.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Served here when BentoML's own metrics are off (the default); with them on, BentoML's route
+    answers first and includes these series too."""
+    body, content_type = render_metrics()
+    return Response(body, media_type=content_type)
