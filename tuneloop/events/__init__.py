@@ -1,0 +1,1 @@
+"""The event log: CloudEvents on Kafka for predictions, feedback and model events (shared contract)."""
