@@ -29,6 +29,13 @@ class ModelNotFoundError(ServiceError):
     grpc_code = "NOT_FOUND"
 
 
+class NotEnabledError(ServiceError):
+    """The route exists in the API but this deployment turned its feature off."""
+
+    status = HTTPStatus.NOT_FOUND
+    grpc_code = "UNIMPLEMENTED"
+
+
 class ModelNotReadyError(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     grpc_code = "UNAVAILABLE"

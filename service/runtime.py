@@ -1,4 +1,4 @@
-"""Everything one serving process owns: the model manager, the data plane, the gRPC server.
+"""Everything one serving process owns: the model manager, the data plane, the gRPC server, the event log.
 
 Built once per BentoML worker; transports reach the data plane through it.
 """
@@ -6,10 +6,14 @@ Built once per BentoML worker; transports reach the data plane through it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 
 from service.dataplane import DataPlane
+from service.event_logging import PredictionLogger, swap_event
 from service.swap import ModelManager
+from tuneloop.events.producer import EventLog
 from tuneloop.registry import Registry
 from tuneloop.settings import Settings
 
@@ -23,8 +27,17 @@ class ServingRuntime:
         self.manager = ModelManager(self.registry, settings.serving)
         self.dataplane = DataPlane(self.manager, settings.serving)
         self.grpc_server = None
+        self.events: EventLog | None = None
+        if settings.kafka.enabled:
+            self.events = EventLog(settings.kafka, source=f"tuneloop-service/{socket.gethostname()}/{os.getpid()}")
+            self.dataplane.listeners.append(PredictionLogger(self.events, settings.kafka))
+            events = self.events
+            self.manager.swap_listeners.append(
+                lambda kind, name, version, reason: swap_event(events, kind, name, version, reason))
 
     def start(self) -> None:
+        if self.events is not None:
+            self.events.start()  # returns at once, broker or not: events spool until it is reachable
         self.dataplane.start()
         # Load in the background: the process is live at once and ready once a model is warm.
         threading.Thread(target=self._load_then_watch, name="tuneloop-initial-load", daemon=True).start()
@@ -45,3 +58,5 @@ class ServingRuntime:
             self.grpc_server.stop(grace=10).wait()
         self.dataplane.stop()
         self.manager.stop()
+        if self.events is not None:
+            self.events.close()  # after the last batch: its predictions are delivered or spooled

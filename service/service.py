@@ -59,6 +59,7 @@ class Tuneloop:
     def __init__(self) -> None:
         self.runtime = ServingRuntime(get_settings())
         http_app.app.state.dataplane = self.runtime.dataplane
+        http_app.app.state.events = self.runtime.events
         self.runtime.start()
 
     def __is_ready__(self) -> bool:

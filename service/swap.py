@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from service.errors import ModelNotReadyError, SwapError
 from service.metrics import MODEL_INFO, MODEL_LOADED_AT, SWAP_FAILURES, SWAPS
@@ -31,6 +32,8 @@ class ModelManager:
         self._watcher: threading.Thread | None = None
         self._failed: dict[str, str] = {}  # version → why; not retried until production moves again
         self.last_error: str | None = None
+        # Told (kind, model name, version, reason) after each swap or refused swap; must not block.
+        self.swap_listeners: list[Callable[[str, str | None, str, str], None]] = []
 
     @property
     def current(self) -> ServedModel:
@@ -60,6 +63,7 @@ class ModelManager:
                 SWAP_FAILURES.labels(reason=exc.reason).inc()
                 keeping = self._current.version if self._current else "nothing"
                 log.error("hot swap refused, still serving %s: %s", keeping, exc)
+                self._tell("swap_failed", self._current.model_name if self._current else None, version, str(exc))
                 return False
             previous, self._current = self._current, served  # the swap: one reference assignment
             if previous is not None:
@@ -68,10 +72,16 @@ class ModelManager:
             MODEL_INFO.labels(served.model_name, served.version, served.provider, served.precision).set(1)
             MODEL_LOADED_AT.set(served.loaded_at)
             self.last_error = None
+            self._tell("swap", served.model_name, version,
+                       f"replacing {previous.version}" if previous else "first model loaded")
             log.info("serving %s %s (%s, %s); loaded in %.1f s, replacing %s", served.model_name, version,
                      served.provider, served.precision, time.perf_counter() - started,
                      previous.version if previous else "nothing")
             return True
+
+    def _tell(self, kind: str, model_name: str | None, version: str, reason: str) -> None:
+        for listener in self.swap_listeners:
+            listener(kind, model_name, version, reason)
 
     def check_once(self) -> None:
         try:

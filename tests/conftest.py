@@ -65,3 +65,18 @@ def settings(registry_root: Path):
     from tuneloop.settings import load_settings
 
     return load_settings(registry=str(registry_root))
+
+
+@pytest.fixture(scope="session")
+def served_registry(tmp_path_factory: pytest.TempPathFactory, small_amazon: Path, tiny_bert: Path) -> Path:
+    """A registry whose production version is a tiny classifier (model "sentiment", version "v1").
+
+    Session-wide: training and exporting it is the slow part, and nothing here writes to it.
+    Test modules that need their own registry define a fixture of the same name, which wins.
+    """
+    from tests.model_versions import approve_and_promote, train_tiny_version
+
+    root = tmp_path_factory.mktemp("served") / "registry"
+    version = train_tiny_version(root, small_amazon, tiny_bert)
+    approve_and_promote(root, version)
+    return root

@@ -26,7 +26,9 @@ class ServerProcess:
         self.http_port = free_port()
         self.grpc_port = free_port() if grpc else 0
         self.log_path = log_path
-        self.env = {**os.environ, "TUNELOOP_SERVING__POLL_INTERVAL_S": "0.2", **(env or {})}
+        # No event log unless a test asks for one (with a broker and a spool folder of its own).
+        self.env = {**os.environ, "TUNELOOP_SERVING__POLL_INTERVAL_S": "0.2", "TUNELOOP_KAFKA__ENABLED": "false",
+                    **(env or {})}
         self.args = args or []
         self.proc: subprocess.Popen | None = None
 
