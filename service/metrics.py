@@ -30,6 +30,17 @@ SWAPS = Counter("tuneloop_model_swaps_total", "Successful hot swaps")
 SWAP_FAILURES = Counter("tuneloop_model_swap_failures_total", "Hot swaps refused", ["reason"])
 
 
+def initialise_series(routes: dict[str, tuple[str, ...]], swap_failure_reasons: tuple[str, ...]) -> None:
+    """Expose zero-valued series for the outcomes alerts and dashboards watch, so that "no errors yet"
+    reads as 0 rather than as no data (an absent series never fires an alert and blanks a panel)."""
+    for route, statuses in routes.items():
+        for status in statuses:
+            REQUESTS.labels(route, status)
+        REQUEST_DURATION.labels(route)
+    for reason in swap_failure_reasons:
+        SWAP_FAILURES.labels(reason)
+
+
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text of every series, summed over BentoML's worker processes when it runs several."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -12,6 +12,7 @@ import threading
 
 from service.dataplane import DataPlane
 from service.event_logging import PredictionLogger, swap_event
+from service.metrics import initialise_series
 from service.swap import ModelManager
 from tuneloop.events.producer import EventLog
 from tuneloop.registry import Registry
@@ -36,6 +37,10 @@ class ServingRuntime:
                 lambda kind, name, version, reason: swap_event(events, kind, name, version, reason))
 
     def start(self) -> None:
+        http = ("200", "400", "404", "413", "500", "503")
+        grpc = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL", "UNAVAILABLE")
+        initialise_series({"/classify": http, "/v2/models/{name}/infer": http, "/feedback": http,
+                           "grpc:ModelInfer": grpc}, ("verify", "load", "smoke_check"))
         if self.events is not None:
             self.events.start()  # returns at once, broker or not: events spool until it is reachable
         self.dataplane.start()

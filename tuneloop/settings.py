@@ -74,6 +74,8 @@ class ServingSettings(BaseModel):
 
 
 class KafkaSettings(BaseModel):
+    """The event log (``tuneloop.events``): where the brokers are, how clients connect, what is logged, the spool."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
     enabled: bool = True
     predictions_topic: str = "tuneloop.predictions"
@@ -81,23 +83,47 @@ class KafkaSettings(BaseModel):
     model_events_topic: str = "tuneloop.model-events"
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
+    client_id: str = "tuneloop"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_password: str | None = Field(None, description="password of an encrypted ssl_keyfile")
+    ssl_check_hostname: bool = True
     # Consumer groups join in seconds instead of minutes against Tansu (../shared/NOTES.md).
     max_poll_interval_ms: int = 5000
     session_timeout_ms: int = 4000
     heartbeat_interval_ms: int = 1000
+    dedupe_capacity: int = Field(100_000, ge=1, description="event ids a consumer remembers to drop duplicates")
+    # Producer. "auto" is lz4 when the lz4 package is installed, else gzip (Tansu takes both).
+    compression: Literal["auto", "gzip", "lz4", "none"] = "auto"
+    linger_ms: int = Field(5, ge=0, description="how long the producer waits to fill a batch")
+    batch_bytes: int = Field(64 * 1024, ge=1024)
+    retries: int = Field(5, ge=0)
+    request_timeout_ms: int = Field(5000, ge=100)
+    # A send not acknowledged within this is failed and spooled; keep it short so an outage spools quickly.
+    delivery_timeout_ms: int = Field(15_000, ge=1000, validate_default=True)
+    reconnect_interval_s: float = Field(1.0, gt=0, description="how often a disconnected event log retries")
     log_inputs: Literal["text", "hash", "none"] = "text"
     log_embeddings: bool = True
     queue_size: int = Field(10_000, ge=1)
     spool_dir: Path = Path("spool")
     spool_max_bytes: int = Field(1 << 30, ge=1)
+    spool_segment_bytes: int = Field(8 << 20, ge=1024)
     spool_fsync: Literal["always", "batch", "never"] = "batch"
+    spool_fsync_interval_ms: int = Field(200, ge=1, description="the longest un-fsynced window with fsync=batch")
+
+    @field_validator("delivery_timeout_ms")
+    @classmethod
+    def _delivery_covers_request(cls, value: int, info: Any) -> int:
+        # kafka-python refuses a delivery timeout shorter than linger + request timeout.
+        floor = info.data.get("linger_ms", 0) + info.data.get("request_timeout_ms", 0)
+        if value < floor:
+            raise ValueError(f"delivery_timeout_ms ({value}) must be >= linger_ms + request_timeout_ms ({floor})")
+        return value
 
 
 class MonitorSettings(BaseModel):

@@ -31,6 +31,11 @@ def tansu_binary() -> str:
 
 
 class TansuBroker:
+    """One Tansu process on a fixed loopback port: ``with TansuBroker() as b: ...`` or start()/stop().
+
+    The port stays the same across stop/kill and start, so clients reconnect to a restarted broker.
+    """
+
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
         self.host = host
         self.port = port or free_port()
@@ -41,15 +46,36 @@ class TansuBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout: float = 30.0) -> TansuBroker:
+        """Start it and return once it answers Kafka requests; a no-op when it already runs."""
+        if self.running:
+            return self
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.wait_ready(timeout)
+        try:
+            # Its own session, so stop() and kill() reach any children and Ctrl-C in a terminal does not.
+            self.proc = subprocess.Popen(
+                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the child has its own copy
+        try:
+            self.wait_ready(timeout)
+        except BrokerError:
+            self.kill()
+            raise
         return self
+
+    def restart(self, timeout: float = 30.0) -> TansuBroker:
+        """Stop it (everything it held is lost: in-memory storage) and start it again on the same port."""
+        self.stop()
+        return self.start(timeout)
 
     def wait_ready(self, timeout: float) -> None:
         """Ready means it answers a real Kafka metadata request, not merely that the port is open."""

@@ -1,23 +1,32 @@
 """Reading events as a consumer group: decode, drop duplicates, commit only what the caller persisted.
 
     consumer = EventConsumer(settings, ["predictions"], group_id="monitor")
-    while running:
-        batch = consumer.poll(timeout_ms=1000)
-        store(batch.events)          # persist first ...
-        consumer.commit(batch)       # ... then commit: a crash in between re-delivers, never loses
+    for batch in consumer.batches(stop):    # or: batch = consumer.poll(timeout_ms=1000)
+        try:
+            store(batch.events)             # persist first ...
+        except Exception:
+            consumer.rewind(batch)          # ... on failure read the same events again ...
+            continue
+        consumer.commit(batch)              # ... and commit only then: a crash in between re-delivers
+
+Delivery is at-least-once, so the same event can arrive twice (a producer replaying its spool, a
+consumer re-reading after a crash). Each event's CloudEvent id is remembered in a bounded LRU
+(``SeenIds``); a caller that persists events can look further back by passing ``is_known`` (e.g. a
+lookup in its own store). Messages that are not events of a known schema are counted and skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter
 
-from tuneloop.events.client_config import common_config, topic_names
+from tuneloop.events.client_config import consumer_config, topic_names
 from tuneloop.events.envelope import ReceivedEvent, unwrap
 from tuneloop.events.errors import BadEventError
 from tuneloop.settings import KafkaSettings
@@ -33,6 +42,7 @@ BAD = Counter("tuneloop_events_bad_total", "Messages that are not events of a kn
 class Batch:
     events: list[ReceivedEvent]
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read, per partition
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)  # where this batch began
 
 
 class SeenIds:
@@ -44,7 +54,9 @@ class SeenIds:
         self._ids: OrderedDict[str, None] = OrderedDict()
 
     def seen(self, event_id: str) -> bool:
+        """True if the id was seen before; otherwise remember it and return False."""
         if event_id in self._ids:
+            self._ids.move_to_end(event_id)
             return True
         if self.is_known is not None and self.is_known(event_id):
             return True
@@ -53,25 +65,33 @@ class SeenIds:
             self._ids.popitem(last=False)
         return False
 
+    def forget(self, event_ids: list[str]) -> None:
+        """Undo ``seen`` for events the caller could not persist, so their re-delivery is not dropped."""
+        for event_id in event_ids:
+            self._ids.pop(event_id, None)
+
 
 class EventConsumer:
+    """A consumer-group reader of the event topics (``kinds``: "predictions", "feedback", "model-events")."""
+
     def __init__(self, settings: KafkaSettings, kinds: list[str], group_id: str,
                  seen: SeenIds | None = None, auto_offset_reset: str = "earliest") -> None:
         names = topic_names(settings)
+        unknown = set(kinds) - set(names)
+        if unknown:
+            raise ValueError(f"unknown event kinds {sorted(unknown)}; known: {sorted(names)}")
         self.group_id = group_id
-        self.seen = seen or SeenIds()
-        self._consumer = KafkaConsumer(
-            *[names[k] for k in kinds], **common_config(settings), group_id=group_id,
-            enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
-            max_poll_interval_ms=settings.max_poll_interval_ms, session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        )
+        self.seen = seen or SeenIds(settings.dedupe_capacity)
+        self._consumer = KafkaConsumer(*[names[k] for k in kinds],
+                                       **consumer_config(settings, group_id, auto_offset_reset))
 
     def poll(self, timeout_ms: int = 1000, max_records: int = 500) -> Batch:
+        """Read what is there (possibly nothing), decoded, without duplicates or undecodable messages."""
         records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         batch = Batch(events=[])
         for partition, messages in records.items():
             for message in messages:
+                batch.first_offsets.setdefault(partition, message.offset)
                 batch.offsets[partition] = message.offset + 1
                 try:
                     event = unwrap(message.value, message.topic, message.partition, message.offset)
@@ -86,9 +106,32 @@ class EventConsumer:
                 batch.events.append(event)
         return batch
 
+    def batches(self, stop: threading.Event | None = None, timeout_ms: int = 1000,
+                max_records: int = 500) -> Iterator[Batch]:
+        """Batches until ``stop`` is set (forever without one); empty polls are not yielded."""
+        while stop is None or not stop.is_set():
+            batch = self.poll(timeout_ms=timeout_ms, max_records=max_records)
+            if batch.offsets:
+                yield batch
+
     def commit(self, batch: Batch) -> None:
+        """Commit the batch's offsets: call it only after what the batch held is persisted."""
         if batch.offsets:
             self._consumer.commit({tp: OffsetAndMetadata(offset, None, -1) for tp, offset in batch.offsets.items()})
 
+    def rewind(self, batch: Batch) -> None:
+        """The caller could not persist ``batch``: read it again from its first offsets on the next poll."""
+        self.seen.forget([event.event_id for event in batch.events])
+        assigned = self._consumer.assignment()
+        for partition, offset in batch.first_offsets.items():
+            if partition in assigned:  # a revoked partition's new owner starts from the last commit anyway
+                self._consumer.seek(partition, offset)
+
     def close(self) -> None:
         self._consumer.close()
+
+    def __enter__(self) -> EventConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

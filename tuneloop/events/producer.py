@@ -16,9 +16,10 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from typing import Any
 
-from tuneloop.events.client_config import common_config, ensure_topics, topic_names
+from tuneloop.events.client_config import ensure_topics, producer_config, topic_names
 from tuneloop.events.envelope import Envelope, wrap
 from tuneloop.events.metrics import DROPPED, PRODUCED, REPLAYED, SEND_ERRORS, SPOOL_BYTES, SPOOLED
 from tuneloop.events.schemas import EventData, FeedbackEvent, ModelEvent, PredictionEvent
@@ -31,22 +32,36 @@ _STOP = object()
 
 
 class EventLog:
+    """Publishes events from any thread without blocking it; see the module docstring for the paths."""
+
     def __init__(self, settings: KafkaSettings, source: str = "tuneloop-service",
-                 reconnect_interval_s: float = 1.0) -> None:
+                 reconnect_interval_s: float | None = None) -> None:
         self.settings = settings
         self.source = source
         self.topics = topic_names(settings)
-        self.reconnect_interval_s = reconnect_interval_s
-        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync)
+        self._producer_config = producer_config(settings)  # a bad TLS/SASL/codec setting fails here, loudly
+        self.reconnect_interval_s = reconnect_interval_s or settings.reconnect_interval_s
+        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync,
+                           segment_bytes=settings.spool_segment_bytes,
+                           batch_fsync_interval_s=settings.spool_fsync_interval_ms / 1000)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
         self._producer = None
         self._route_lock = threading.Lock()  # "spool or send" and "spool drained" decide under it
         self._spooling = not self.spool.is_empty()  # a previous process left events behind
         self._stop = threading.Event()
+        self._closed = False
         self._threads: list[threading.Thread] = []
         self._unacked = 0
         self._unacked_lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+        for topic in self.topics.values():  # every series shows from the start, at 0
+            for metric in (PRODUCED, SPOOLED, REPLAYED, SEND_ERRORS, DROPPED):
+                metric.labels(topic)
         SPOOL_BYTES.set(self.spool.bytes)
+        for topic in self.topics.values():  # zero series, so "nothing spooled or dropped" reads as 0
+            for counter in (PRODUCED, SPOOLED, REPLAYED, SEND_ERRORS, DROPPED):
+                counter.labels(topic)
 
     # ------------------------------------------------------------------ the request side
     def publish_prediction(self, event: PredictionEvent) -> None:
@@ -59,14 +74,17 @@ class EventLog:
         self._publish(event)
 
     def _publish(self, data: EventData) -> None:
-        """Never blocks and never raises: a full queue sends the event to the spool instead."""
+        """Never blocks and never raises: a full queue (or a closed log) sends the event to the spool instead."""
         try:
+            if self._closed:
+                raise queue.Full
             self._queue.put_nowait(data)
         except queue.Full:
-            self._to_spool(wrap(data, self.source))
+            self._to_spool_safely(data)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
+        """Start the sender and the replayer; returns at once, the broker is reached in the background."""
         for target, name in ((self._send_loop, "tuneloop-event-sender"), (self._replay_loop, "tuneloop-event-replayer")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -79,24 +97,39 @@ class EventLog:
             if self._queue.unfinished_tasks == 0:
                 producer = self._producer
                 if producer is not None:
-                    producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+                    try:
+                        producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+                    except Exception as exc:  # a timeout, or a producer closed by a reconnect: look again
+                        log.debug("flush: %s", exc)
                 with self._unacked_lock:
                     if self._unacked == 0:
+                        self.spool.sync()
                         return True
             time.sleep(0.02)
         return False
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver or spool everything still queued, then stop; nothing published is lost."""
-        self._queue.put(_STOP)
+        if self._closed:
+            return
+        self._closed = True  # later publishes go straight to the spool
         self._stop.set()
+        deadline = time.monotonic() + timeout
+        if self._threads:
+            try:  # the sender finishes what is queued before it sees the stop
+                self._queue.put(_STOP, timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Full:
+                pass  # it is stuck: what it did not take is spooled below
         for thread in self._threads:
-            thread.join(timeout=timeout)
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
         producer = self._producer
         if producer is not None:
+            try:  # sends that fail now are spooled by their errbacks
+                producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as exc:
+                log.warning("event producer did not flush in time: %s", exc)
             try:
-                producer.flush(timeout=timeout)
-                producer.close(timeout=timeout)
+                producer.close(timeout=max(0.1, deadline - time.monotonic()))
             except Exception as exc:  # kafka-python raises its own types; the spool already has the rest
                 log.warning("event producer did not close cleanly: %s", exc)
         while True:  # anything the threads did not get to goes to disk
@@ -105,12 +138,23 @@ class EventLog:
             except queue.Empty:
                 break
             if item is not _STOP:
-                self._to_spool(wrap(item, self.source))
+                self._to_spool_safely(item)
         self.spool.close()
+        SPOOL_BYTES.set(self.spool.bytes)
 
     def stats(self) -> dict[str, Any]:
+        """Queue depth, spool size and this instance's counters (the Prometheus series add up all instances)."""
+        with self._counts_lock:
+            counts = dict(self._counts)
         return {"queued": self._queue.qsize(), "spool_bytes": self.spool.bytes, "spooling": self._spooling,
-                "connected": self._producer is not None, "dropped": self.spool.dropped}
+                "connected": self._producer is not None,
+                **{name: counts.get(name, 0) for name in ("produced", "spooled", "replayed", "send_errors",
+                                                          "dropped", "unencodable")}}
+
+    def _count(self, name: str, metric: Any, topic: str) -> None:
+        metric.labels(topic).inc()
+        with self._counts_lock:
+            self._counts[name] += 1
 
     # ------------------------------------------------------------------ sending
     def _send_loop(self) -> None:
@@ -120,6 +164,10 @@ class EventLog:
                 if item is _STOP:
                     return
                 self._route(wrap(item, self.source))
+            except Exception:  # one bad event must not stop the thread every later event relies on
+                log.exception("event log: could not handle %s", type(item).__name__)
+                with self._counts_lock:
+                    self._counts["unencodable"] += 1
             finally:
                 self._queue.task_done()
 
@@ -147,7 +195,10 @@ class EventLog:
         return future
 
     def _on_success(self, topic: str, replay: bool, _metadata: Any) -> None:
-        (REPLAYED if replay else PRODUCED).labels(topic).inc()
+        if replay:
+            self._count("replayed", REPLAYED, topic)
+        else:
+            self._count("produced", PRODUCED, topic)
         with self._unacked_lock:
             self._unacked -= 1
 
@@ -155,7 +206,7 @@ class EventLog:
         self._on_failure(envelope, exc, spool)
 
     def _on_failure(self, envelope: Envelope, exc: BaseException, spool: bool) -> None:
-        SEND_ERRORS.labels(self.topics[envelope.kind]).inc()
+        self._count("send_errors", SEND_ERRORS, self.topics[envelope.kind])
         with self._route_lock:
             if not self._spooling:
                 log.warning("event broker unavailable (%s: %s); spooling events to %s",
@@ -169,22 +220,30 @@ class EventLog:
     def _to_spool(self, envelope: Envelope) -> None:
         topic = self.topics[envelope.kind]
         if self.spool.append(envelope):
-            SPOOLED.labels(topic).inc()
+            self._count("spooled", SPOOLED, topic)
         else:
-            DROPPED.labels(topic).inc()
+            self._count("dropped", DROPPED, topic)
         SPOOL_BYTES.set(self.spool.bytes)
+
+    def _to_spool_safely(self, data: EventData) -> None:
+        """The request-thread path to the spool: a disk error is logged and counted, never raised."""
+        try:
+            self._to_spool(wrap(data, self.source))
+        except Exception:
+            log.exception("event log: could not spool a %s", type(data).__name__)
+            self._count("dropped", DROPPED, self.topics.get(getattr(data, "topic_kind", ""), "unknown"))
 
     # ------------------------------------------------------------------ connecting and replaying
     def _connect(self) -> bool:
         from kafka import KafkaProducer
 
         try:
-            producer = KafkaProducer(
-                **common_config(self.settings), acks="all", retries=5, compression_type="gzip",
-                linger_ms=5, batch_size=64 * 1024, max_block_ms=2000, request_timeout_ms=5000,
-                delivery_timeout_ms=15000, reconnect_backoff_max_ms=2000,
-            )
-            ensure_topics(self.settings)
+            producer = KafkaProducer(**self._producer_config)
+            try:
+                ensure_topics(self.settings)
+            except Exception:
+                producer.close(timeout=1)
+                raise
         except Exception as exc:  # NoBrokersAvailable, timeouts: try again later
             log.debug("event broker not reachable yet: %s", exc)
             return False
@@ -204,6 +263,7 @@ class EventLog:
 
     def _replay_loop(self) -> None:
         while not self._stop.is_set():
+            self.spool.sync_if_due()  # fsync=batch: the last events of a burst reach the disk too
             if self._producer is None and not self._connect():
                 self._stop.wait(self.reconnect_interval_s)
                 continue

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 def utc_now() -> datetime:
@@ -49,6 +49,13 @@ class PredictionEvent(EventData):
     embedding: str | None = Field(None, description="encode_embedding() of the pooled sentence embedding")
     latency_ms: float
     truncated: bool = False
+
+    @model_validator(mode="after")
+    def _no_text_unless_logged(self) -> PredictionEvent:
+        # The privacy setting is a promise: an event that says "hash" or "none" must not carry the text.
+        if self.input_mode != "text" and self.text is not None:
+            raise ValueError(f"input_mode {self.input_mode!r} events must not carry the text")
+        return self
 
     def key(self) -> str:
         return self.request_id

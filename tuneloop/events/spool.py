@@ -41,6 +41,7 @@ class Spool:
         self._handle = None
         self._active_records = 0
         self._last_fsync = time.monotonic()
+        self._dirty = False
         existing = self._segments()
         self._next_seq = int(existing[-1].stem) + 1 if existing else 1
         self._bytes = sum(p.stat().st_size for p in existing)
@@ -67,13 +68,31 @@ class Spool:
             self._handle.flush()
             self._bytes += len(record)
             self._active_records += 1
-            now = time.monotonic()
-            if self.fsync == "always" or (self.fsync == "batch" and now - self._last_fsync >= self.batch_fsync_interval_s):
-                os.fsync(self._handle.fileno())
-                self._last_fsync = now
+            self._dirty = True
+            if self.fsync == "always" or (
+                self.fsync == "batch" and time.monotonic() - self._last_fsync >= self.batch_fsync_interval_s
+            ):
+                self._fsync_locked()
             if self._handle.tell() >= self.segment_bytes:
                 self._seal_locked()
         return True
+
+    def _fsync_locked(self) -> None:
+        if self._handle is not None and self._dirty:
+            os.fsync(self._handle.fileno())
+        self._dirty = False
+        self._last_fsync = time.monotonic()
+
+    def sync(self) -> None:
+        """Make every appended event durable now (unless the policy is "never")."""
+        if self.fsync != "never":
+            with self._lock:
+                self._fsync_locked()
+
+    def sync_if_due(self) -> None:
+        """With fsync=batch, bound how long the tail of a burst stays only in the page cache."""
+        if self.fsync == "batch" and self._dirty and time.monotonic() - self._last_fsync >= self.batch_fsync_interval_s:
+            self.sync()
 
     def _open_segment(self) -> None:
         self._active = self.directory / f"{self._next_seq:012d}.spool"
@@ -84,7 +103,7 @@ class Spool:
     def _seal_locked(self) -> None:
         if self._handle is not None:
             if self.fsync != "never":
-                os.fsync(self._handle.fileno())
+                self._fsync_locked()
             self._handle.close()
         self._handle = None
         self._active = None
@@ -99,7 +118,8 @@ class Spool:
 
     # ------------------------------------------------------------------ reading
     def _segments(self) -> list[Path]:
-        return sorted(self.directory.glob("*.spool"), key=lambda p: int(p.stem))
+        # Only our own names: a stray file in the folder must not stop the service from starting.
+        return sorted((p for p in self.directory.glob("*.spool") if p.stem.isdigit()), key=lambda p: int(p.stem))
 
     def sealed_segments(self) -> list[Path]:
         with self._lock:

@@ -1,0 +1,147 @@
+"""Feeding the monitor from ``tuneloop.predictions``; telling ``tuneloop.model-events`` about drift.
+
+The Kafka specifics (consumer group, dedupe by event id, commit after the event is handled) belong to the
+event contracts in ``tuneloop.events``; this module only maps their events onto the monitor.
+
+Duplicates (at-least-once delivery) and messages that are not events are dropped by ``EventConsumer``
+and counted there; what reaches ``ConsumeLoop.handle`` is a schema-valid event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from monitoring.errors import EventDecodeError
+from monitoring.monitor import DriftMonitor, Evaluation
+from monitoring.window import Observation
+from tuneloop.events.consumer import EventConsumer
+from tuneloop.events.schemas import ModelEvent, PredictionEvent
+
+log = logging.getLogger(__name__)
+
+ACTOR = "tuneloop-monitor"
+
+
+def observation_from_event(event: PredictionEvent, labels: list[str]) -> Observation:
+    """A prediction event as the signals need it: probabilities and class id in the version's label order."""
+    try:
+        probabilities = np.array([event.probabilities[name] for name in labels], dtype=np.float32)
+        prediction = labels.index(event.label)
+        embedding = event.embedding_vector()
+    except (KeyError, ValueError) as exc:
+        raise EventDecodeError(
+            f"prediction {event.request_id} of {event.model_version} does not fit its labels {labels}: {exc}"
+        ) from None
+    if embedding is not None and embedding.ndim != 1:
+        raise EventDecodeError(f"prediction {event.request_id}: embedding is not a vector")
+    return Observation(
+        model_version=event.model_version,
+        embedding=embedding,
+        probabilities=probabilities,
+        prediction=prediction,
+        text=event.text,
+        timestamp=event.timestamp.timestamp(),
+        text_length=event.text_length,
+    )
+
+
+def drift_model_event(kind: str, model_name: str | None, version: str, evaluation: Evaluation) -> ModelEvent:
+    """A ``drift_started`` / ``drift_ended`` model event; ``details`` is flat (``signal.score`` …)."""
+    detected = [r.signal for r in evaluation.results if r.detected]
+    details: dict[str, float | str] = {"evaluation": evaluation.id, "window_rows": float(evaluation.rows)}
+    for r in evaluation.results:
+        details[f"{r.signal}.score"] = r.score
+        details[f"{r.signal}.threshold"] = r.threshold
+        details[f"{r.signal}.method"] = r.method
+    summary = ", ".join(f"{r.signal} {r.score:.3f}/{r.threshold:g}" for r in evaluation.results)
+    reason = (
+        f"drift on {', '.join(detected)} ({summary})"
+        if kind == "drift_started"
+        else f"no drift on the last windows ({summary})"
+    )
+    return ModelEvent(
+        kind=kind,  # type: ignore[arg-type]
+        model_name=model_name,
+        version=version,
+        transition=",".join(detected),
+        actor=ACTOR,
+        reason=reason,
+        details=details,
+    )
+
+
+class EventLogDriftSink:
+    """Drift episodes as model events on ``tuneloop.model-events``, through the event log's producer."""
+
+    def __init__(self, event_log: Any) -> None:
+        self.event_log = event_log
+
+    def drift_started(self, model_name: str | None, version: str, evaluation: Evaluation) -> None:
+        self.event_log.publish_model_event(
+            drift_model_event("drift_started", model_name, version, evaluation)
+        )
+
+    def drift_ended(self, model_name: str | None, version: str, evaluation: Evaluation) -> None:
+        self.event_log.publish_model_event(drift_model_event("drift_ended", model_name, version, evaluation))
+
+
+class ConsumeLoop:
+    """Hands every prediction event to the monitor; a bad event is counted and skipped, never fatal."""
+
+    def __init__(self, monitor: DriftMonitor, housekeeping_every_s: float = 60.0) -> None:
+        self.monitor = monitor
+        self.housekeeping_every_s = housekeeping_every_s
+        self._last_housekeeping = time.monotonic()
+
+    def handle(self, event: Any) -> None:
+        """One event from the predictions topic: a ``PredictionEvent`` or an envelope holding one."""
+        data = getattr(event, "data", event)
+        if not isinstance(data, PredictionEvent):
+            self.monitor.metrics.events.labels("undecodable").inc()
+            return
+        labels = self.monitor.labels(data.model_version)
+        if labels is None:
+            self.monitor.metrics.events.labels("no_reference").inc()
+            return
+        try:
+            observation = observation_from_event(data, labels)
+        except EventDecodeError as exc:
+            log.warning("%s", exc)
+            self.monitor.metrics.events.labels("undecodable").inc()
+            return
+        self.monitor.observe(observation, data.model_name)
+        self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        if time.monotonic() - self._last_housekeeping < self.housekeeping_every_s:
+            return
+        self._last_housekeeping = time.monotonic()
+        for version in self.monitor.forget_idle():
+            log.info(
+                "model version %s had no traffic for %.0f s: forgotten",
+                version,
+                self.monitor.settings.idle_version_s,
+            )
+
+    def run(self, consumer: EventConsumer, stop: threading.Event, poll_timeout_ms: int = 1000) -> None:
+        """Poll, hand each event to the monitor, commit; until ``stop`` is set.
+
+        The monitor's windows live in memory, so "persisted" means "observed": committing after the batch
+        is handled means a crash re-delivers at most one batch (the consumer drops the duplicates), and a
+        restart refills the windows from the committed offsets on.
+        """
+        while not stop.is_set():
+            try:
+                batch = consumer.poll(timeout_ms=poll_timeout_ms)
+                for event in batch.events:
+                    self.handle(event)
+                consumer.commit(batch)
+            except Exception:  # broker gone, rebalance during commit: keep going, Kafka re-delivers
+                log.exception("consuming predictions failed; retrying")
+                self.monitor.metrics.errors.labels("consume_failed").inc()
+                stop.wait(1.0)

@@ -1,0 +1,33 @@
+"""What can go wrong in the drift monitor, as exceptions the CLI and the consume loop tell apart."""
+
+from __future__ import annotations
+
+
+class MonitorError(Exception):
+    """Base class of every error the monitor raises on purpose."""
+
+
+class MonitorConfigError(MonitorError):
+    """The monitor's settings name an unknown signal or give a signal options it does not accept."""
+
+
+class ReferenceUnavailableError(MonitorError):
+    """A model version has no usable reference sample (not in the registry, no reference.npz, wrong shape)."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        super().__init__(f"no reference sample for model version {version}: {reason}")
+        self.version = version
+        self.reason = reason
+
+
+class SignalEvaluationError(MonitorError):
+    """A drift signal failed on a window (Evidently raised); the other signals of that window still count."""
+
+    def __init__(self, signal: str, version: str, cause: BaseException) -> None:
+        super().__init__(f"drift signal {signal!r} failed on a window of {version}: {cause}")
+        self.signal = signal
+        self.version = version
+
+
+class EventDecodeError(MonitorError):
+    """A prediction event could not be turned into an observation (schema mismatch, bad embedding)."""

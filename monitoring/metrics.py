@@ -1,0 +1,91 @@
+"""The monitor's Prometheus series (names as in docs/metrics.md), on a registry of its own.
+
+A registry per monitor, not the process-global one, so tests and benchmarks can run several monitors in one
+process and a version's series can be dropped when the version goes idle.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Evidently runs take ~20 ms (one column) to seconds (t-SNE maps).
+EVENT_OUTCOMES = ("observed", "undecodable", "no_reference")
+ERROR_KINDS = ("signal_failed", "reference_unavailable", "event_publish_failed", "consume_failed")
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class MonitorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.score = Gauge(
+            "tuneloop_drift_score",
+            "The drift signal's score on the last window.",
+            ["signal", "model_version"],
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "tuneloop_drift_threshold",
+            "The threshold the drift score is compared with.",
+            ["signal", "model_version"],
+            registry=r,
+        )
+        self.detected = Gauge(
+            "tuneloop_drift_detected",
+            "1 when the score crossed the threshold on the last window.",
+            ["signal", "model_version"],
+            registry=r,
+        )
+        self.window_fill = Gauge(
+            "tuneloop_drift_window_fill",
+            "Share of the current window filled (0-1): rows before the first evaluation, "
+            "then progress towards the next one.",
+            ["model_version"],
+            registry=r,
+        )
+        self.last_evaluation = Gauge(
+            "tuneloop_drift_last_evaluation_timestamp_seconds",
+            "When the last window was evaluated.",
+            ["model_version"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "tuneloop_drift_evaluation_duration_seconds",
+            "Time one evaluation took.",
+            ["signal"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.episode = Gauge(
+            "tuneloop_drift_episode_active",
+            "1 from the window that raised drift until drift_end_after clean windows in a row.",
+            ["model_version"],
+            registry=r,
+        )
+        self.events = Counter(
+            "tuneloop_monitor_events_total",
+            "Prediction events consumed, by what became of them.",
+            ["outcome"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "tuneloop_monitor_errors_total", "Monitor failures, by kind.", ["kind"], registry=r
+        )
+        # Series exist from the start at 0: increase() sees the first event, dashboards show a flat line.
+        for outcome in EVENT_OUTCOMES:
+            self.events.labels(outcome)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+
+    def forget_version(self, version: str, signals: list[str]) -> None:
+        for gauge in (self.score, self.threshold, self.detected):
+            for signal in signals:
+                try:
+                    gauge.remove(signal, version)
+                except KeyError:
+                    pass
+        for gauge in (self.window_fill, self.last_evaluation, self.episode):
+            try:
+                gauge.remove(version)
+            except KeyError:
+                pass

@@ -1,0 +1,245 @@
+"""The drift monitor's core: a sliding window per model version, evaluated against that version's reference.
+
+Transport-free: the Kafka consume loop (monitoring/consume.py), the tests and the benchmark all feed it
+``Observation``s. It updates the Prometheus series, keeps the Evidently reports, and tells an event sink when
+a drift episode starts and ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from monitoring.errors import ReferenceUnavailableError, SignalEvaluationError
+from monitoring.metrics import MonitorMetrics
+from monitoring.reference import ReferenceLoader, ReferenceSample
+from monitoring.reports import ReportStore, StoredReport, merge_snapshots
+from monitoring.signals import BoundSignal, Signal, SignalResult, build_signals
+from monitoring.window import Observation, SlidingWindow
+from tuneloop.settings import MonitorSettings
+
+log = logging.getLogger(__name__)
+
+# A version whose reference could not be loaded is retried this often, not on every event.
+REFERENCE_RETRY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    id: str
+    model_version: str
+    at: float
+    rows: int
+    results: list[SignalResult]
+    failed: list[str]  # signals that raised on this window
+    drift: bool  # some signal detected drift on this window
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def scores(self) -> dict[str, float]:
+        return {r.signal: r.score for r in self.results}
+
+
+class DriftEventSink(Protocol):
+    def drift_started(self, model_name: str | None, version: str, evaluation: Evaluation) -> None: ...
+
+    def drift_ended(self, model_name: str | None, version: str, evaluation: Evaluation) -> None: ...
+
+
+@dataclass
+class _VersionState:
+    window: SlidingWindow
+    bound: list[tuple[Signal, BoundSignal]]
+    labels: list[str]
+    model_name: str | None = None
+    drifting: bool = False
+    clean_streak: int = 0
+
+
+class DriftMonitor:
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        references: ReferenceLoader,
+        *,
+        metrics: MonitorMetrics | None = None,
+        reports: ReportStore | None = None,
+        events: DriftEventSink | None = None,
+        clock: Callable[[], float] = time.time,
+        keep_reports: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.signals = build_signals(settings.signals)
+        self.references = references
+        self.metrics = metrics or MonitorMetrics()
+        self.reports = reports or ReportStore(settings.reports_kept)
+        self.events = events
+        self.clock = clock
+        self.keep_reports = keep_reports
+        self._versions: dict[str, _VersionState] = {}
+        self._unavailable: dict[str, float] = {}  # version → when its reference last failed to load
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ feeding
+    def observe(self, observation: Observation, model_name: str | None = None) -> Evaluation | None:
+        """Add one prediction; returns the evaluation when this observation completed a window step."""
+        state = self._state(observation.model_version)
+        if state is None:
+            self.metrics.events.labels("no_reference").inc()
+            return None
+        if model_name:
+            state.model_name = model_name
+        self.metrics.events.labels("observed").inc()
+        due = state.window.add(observation)
+        evaluation = self._evaluate(observation.model_version, state) if due else None
+        self.metrics.window_fill.labels(observation.model_version).set(state.window.fill())
+        return evaluation
+
+    def _state(self, version: str) -> _VersionState | None:
+        state = self._versions.get(version)
+        if state is not None:
+            return state
+        failed_at = self._unavailable.get(version)
+        if failed_at is not None and self.clock() - failed_at < REFERENCE_RETRY_S:
+            return None
+        try:
+            reference = self.references(version)
+        except ReferenceUnavailableError as exc:
+            log.warning("%s; its traffic is not watched (retry in %.0f s)", exc, REFERENCE_RETRY_S)
+            self.metrics.errors.labels("reference_unavailable").inc()
+            self._unavailable[version] = self.clock()
+            return None
+        self._unavailable.pop(version, None)
+        state = _VersionState(
+            SlidingWindow(self.settings.window_size, self.settings.window_step),
+            self._bind(reference),
+            reference.labels,
+        )
+        self._versions[version] = state
+        for signal, _ in state.bound:
+            self.metrics.threshold.labels(signal.name, version).set(signal.config.threshold)
+        return state
+
+    def _bind(self, reference: ReferenceSample) -> list[tuple[Signal, BoundSignal]]:
+        return [(signal, signal.bind(reference)) for signal in self.signals]
+
+    # ------------------------------------------------------------------ evaluating
+    def _evaluate(self, version: str, state: _VersionState) -> Evaluation:
+        current = state.window.snapshot()
+        now = self.clock()
+        results: list[SignalResult] = []
+        failed: list[str] = []
+        durations: dict[str, float] = {}
+        for signal, bound in state.bound:
+            started = time.perf_counter()
+            try:
+                result = bound.evaluate(current)
+            except Exception as exc:  # one broken signal must not blind the others
+                error = SignalEvaluationError(signal.name, version, exc)
+                log.exception("%s", error)
+                self.metrics.errors.labels("signal_failed").inc()
+                failed.append(signal.name)
+                continue
+            finally:
+                durations[signal.name] = time.perf_counter() - started
+                self.metrics.duration.labels(signal.name).observe(durations[signal.name])
+            if result is None:
+                continue
+            results.append(result)
+            self.metrics.score.labels(signal.name, version).set(result.score)
+            self.metrics.detected.labels(signal.name, version).set(1 if result.detected else 0)
+        evaluation = Evaluation(
+            id=f"{version}-{next(self._ids):06d}",
+            model_version=version,
+            at=now,
+            rows=len(current),
+            results=results,
+            failed=failed,
+            drift=any(r.detected for r in results),
+            durations=durations,
+        )
+        self.metrics.last_evaluation.labels(version).set(now)
+        if self.keep_reports:
+            self._store_report(evaluation)
+        self._track_episode(version, state, evaluation)
+        return evaluation
+
+    def _store_report(self, evaluation: Evaluation) -> None:
+        snapshots = [r.snapshot for r in evaluation.results if r.snapshot is not None]
+        summary = {
+            r.signal: {"score": r.score, "threshold": r.threshold, "detected": r.detected, "method": r.method}
+            for r in evaluation.results
+        }
+        merged = (
+            merge_snapshots(
+                snapshots,
+                name=f"tuneloop drift {evaluation.id}",
+                metadata={"model_version": evaluation.model_version},
+            )
+            if snapshots
+            else None
+        )
+        self.reports.add(
+            StoredReport(
+                evaluation.id, evaluation.model_version, evaluation.at, summary, evaluation.drift, merged
+            )
+        )
+
+    def _track_episode(self, version: str, state: _VersionState, evaluation: Evaluation) -> None:
+        if evaluation.drift:
+            state.clean_streak = 0
+            if not state.drifting:
+                state.drifting = True
+                self._emit("drift_started", state, version, evaluation)
+        elif state.drifting and not evaluation.failed:
+            state.clean_streak += 1
+            if state.clean_streak >= self.settings.drift_end_after:
+                state.drifting = False
+                state.clean_streak = 0
+                self._emit("drift_ended", state, version, evaluation)
+        self.metrics.episode.labels(version).set(1 if state.drifting else 0)
+
+    def _emit(self, kind: str, state: _VersionState, version: str, evaluation: Evaluation) -> None:
+        log.warning(
+            "%s for model version %s: %s",
+            kind.replace("_", " "),
+            version,
+            ", ".join(f"{r.signal}={r.score:.3f}{'!' if r.detected else ''}" for r in evaluation.results),
+        )
+        if self.events is None:
+            return
+        try:
+            getattr(self.events, kind)(state.model_name, version, evaluation)
+        except Exception:  # the episode still counts; the gauges carry it even if the event is lost
+            log.exception("could not publish the %s event for %s", kind, version)
+            self.metrics.errors.labels("event_publish_failed").inc()
+
+    # ------------------------------------------------------------------ housekeeping
+    def labels(self, version: str) -> list[str] | None:
+        """The version's label names (index = class id), or None while its reference is unavailable."""
+        state = self._state(version)
+        return state.labels if state else None
+
+    def is_drifting(self, version: str) -> bool:
+        state = self._versions.get(version)
+        return bool(state and state.drifting)
+
+    def versions(self) -> list[str]:
+        return list(self._versions)
+
+    def forget_idle(self, now: float | None = None) -> list[str]:
+        """Drop versions without traffic for ``idle_version_s`` (their windows and series)."""
+        now = self.clock() if now is None else now
+        idle = [
+            v for v, s in self._versions.items() if now - s.window.last_seen > self.settings.idle_version_s
+        ]
+        for version in idle:
+            del self._versions[version]
+            self.metrics.forget_version(version, [s.name for s in self.signals])
+            forget = getattr(self.references, "forget", None)
+            if forget:
+                forget(version)
+        return idle

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def scenario():
+    """MiniLM embeddings of the shared sentence files (each embedded once) and the stand-in classifier."""
+    from tests.monitoring.corpus import build_scenario
+
+    return build_scenario()
+
+
+@pytest.fixture(scope="session")
+def running_monitor():
+    """A real DriftMonitor + its HTTP server, fed in-domain and then drifted synthetic traffic."""
+    from tests.monitoring.stack import fed_monitor
+
+    monitor, server = fed_monitor()
+    yield monitor, server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_metrics_endpoint(served_registry, tmp_path_factory):
+    """host:port of a real ``tuneloop serve`` (HTTP and gRPC, event log on a real broker), kept busy
+    with good and bad requests so that every series the dashboards and alerts read exists."""
+    from tests.monitoring.stack import drive_service_traffic
+    from tests.server_process import ServerProcess
+    from tuneloop.events.broker import TansuBroker
+
+    folder = tmp_path_factory.mktemp("observed-service")
+    with TansuBroker(log_path=folder / "tansu.log") as broker:
+        env = {"TUNELOOP_KAFKA__ENABLED": "true", "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+               "TUNELOOP_SPOOL_DIR": str(folder / "spool")}
+        with ServerProcess(served_registry, folder / "server.log", env=env) as server:
+            with drive_service_traffic(server):
+                yield f"127.0.0.1:{server.http_port}"
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory, running_monitor, service_metrics_endpoint):
+    from tests.monitoring.stack import PrometheusProcess
+
+    if not Path("/usr/bin/prometheus").is_file():
+        pytest.fail("prometheus is missing: run scripts/install-debian-packages.sh as root")
+    _, server = running_monitor
+    prom = PrometheusProcess(
+        tmp_path_factory.mktemp("prometheus"),
+        {"tuneloop-monitor": f"127.0.0.1:{server.port}", "tuneloop-service": service_metrics_endpoint},
+    ).start()
+    yield prom
+    prom.stop()

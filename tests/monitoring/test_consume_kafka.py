@@ -1,0 +1,137 @@
+"""`tuneloop monitor` end to end on a real Tansu broker: predictions in, drift events and series out.
+
+TODO: switch to the shared broker fixture (tests/fixtures/broker.py) once it exists; TansuBroker is the
+same broker it will start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.monitoring.stack import DOMAIN_WORDS, synthetic_rows
+from tests.monitoring.test_events import LABELS, prediction_event
+from tests.server_process import free_port
+from tuneloop.events.broker import TansuBroker
+from tuneloop.events.client_config import ensure_topics
+from tuneloop.events.consumer import EventConsumer
+from tuneloop.events.producer import EventLog
+from tuneloop.registry import Registry
+from tuneloop.registry.card import ModelCard, Timings
+from tuneloop.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def publish_synthetic_version(root: Path, staging: Path, rows: dict) -> str:
+    """A registry version holding only what the monitor reads: labels and reference.npz."""
+    staging.mkdir(parents=True)
+    (staging / "labels.json").write_text(json.dumps({"labels": LABELS}))
+    np.savez(staging / "reference.npz", labels=rows["predictions"], **rows)
+    card = ModelCard(
+        model_name="sentiment",
+        base_model="synthetic",
+        labels=LABELS,
+        strategy="none",
+        hyperparameters={},
+        data=[],
+        splits={},
+        metrics={},
+        timings=Timings(train_seconds=0, train_samples_per_second=0),
+    )
+    return Registry(root).publish(staging, card, actor="test", reason="synthetic reference for the monitor")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
+    yield broker
+    broker.stop()
+
+
+def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, broker):
+    rng = np.random.default_rng(21)
+    version = publish_synthetic_version(tmp_path / "registry", tmp_path / "staging", synthetic_rows(300, rng))
+    settings = load_settings(
+        registry=str(tmp_path / "registry"),
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "spool_dir": str(tmp_path / "spool"),
+            "partitions": 1,
+        },
+    )
+    ensure_topics(settings.kafka)
+    port = free_port()
+    env = {
+        **os.environ,
+        "TUNELOOP_MONITOR__WINDOW_SIZE": "100",
+        "TUNELOOP_MONITOR__WINDOW_STEP": "100",
+        "TUNELOOP_KAFKA__SPOOL_DIR": str(tmp_path / "spool"),
+        "TUNELOOP_KAFKA__PARTITIONS": "1",
+    }
+    log = open(tmp_path / "monitor.log", "wb")
+    monitor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitoring.cli",
+            "monitor",
+            "--registry",
+            str(tmp_path / "registry"),
+            "--bootstrap-servers",
+            broker.bootstrap_servers,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    service_log = EventLog(
+        settings.kafka.model_copy(update={"spool_dir": tmp_path / "service-spool"}), source="test-service"
+    )
+    service_log.start()
+    try:
+        for shift, words in ((0.0, None), (1.5, DOMAIN_WORDS)):
+            rows = synthetic_rows(200, rng, shift, **({"words": words} if words else {}))
+            for i in range(200):
+                service_log.publish_prediction(prediction_event(rows, i, version=version))
+        assert service_log.flush(timeout=30)
+
+        reader = EventConsumer(settings.kafka, ["model-events"], group_id="test-reader")
+        deadline = time.monotonic() + 120
+        events = []
+        while time.monotonic() < deadline and not events:
+            if monitor.poll() is not None:
+                pytest.fail(f"monitor exited: {(tmp_path / 'monitor.log').read_text()[-3000:]}")
+            events = [e.data for e in reader.poll(timeout_ms=1000).events if e.data.kind == "drift_started"]
+        reader.close()
+        assert events, (tmp_path / "monitor.log").read_text()[-3000:]
+        assert events[0].version == version and events[0].model_name == "sentiment"
+        assert "embedding" in events[0].transition
+
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert f'tuneloop_drift_detected{{model_version="{version}",signal="embedding"}} 1.0' in metrics
+        assert 'tuneloop_monitor_events_total{outcome="observed"} 400.0' in metrics
+        assert "tuneloop_spool_bytes" in metrics  # the monitor's own event log, from the process registry
+        assert httpx.get(f"http://127.0.0.1:{port}/reports?format=json", timeout=5).json()
+    finally:
+        service_log.close()
+        if monitor.poll() is None:
+            os.killpg(monitor.pid, signal.SIGTERM)
+        code = monitor.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "monitor.log").read_text()[-3000:]
