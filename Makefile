@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo setup system-packages lock clean
+.PHONY: test demo bench setup system-packages lock clean
 
 setup: $(STAMP) system-packages
 
@@ -37,10 +37,18 @@ demo: setup
 	$(VENV)/bin/tuneloop train --data $(DATA) --registry $(DEMO)/registry \
 	  --extra-test yelp=../shared/data/sentiment-labelled-sentences/yelp_labelled.txt \
 	  --extra-test imdb=../shared/data/sentiment-labelled-sentences/imdb_labelled.txt \
-	  --max-length 64 --int8
+	  --max-length 64 --validation-fraction 0.25 --int8
 	$(VENV)/bin/tuneloop models approve v1 --registry $(DEMO)/registry --actor demo --reason "demo approval"
 	$(VENV)/bin/tuneloop models promote v1 --registry $(DEMO)/registry --actor demo --reason "first model"
 	$(VENV)/bin/tuneloop models list --registry $(DEMO)/registry
+	$(PY) scripts/demo_loop.py --registry $(DEMO)/registry --workdir $(DEMO)
+
+# Benchmarks (results in bench/RESULTS.md); wrk drives the HTTP load.
+bench: setup
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk)
+	$(PY) bench/bench_serving.py
+	$(PY) bench/bench_events.py
+	$(PY) bench/bench_drift.py
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:

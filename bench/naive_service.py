@@ -1,0 +1,27 @@
+"""The baseline a team would deploy without tuneloop: a transformers PyTorch model behind BentoML,
+answering each request as it comes (no ONNX Runtime, no batching across requests)."""
+
+from __future__ import annotations
+
+import os
+
+import bentoml
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+MODEL_DIR = os.environ["NAIVE_MODEL_DIR"]  # a registry version folder: pytorch/ and tokenizer/
+
+
+@bentoml.service(name="naive", workers=1, traffic={"timeout": 60})
+class NaiveTorch:
+    def __init__(self) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(MODEL_DIR, "tokenizer"))
+        self.model = AutoModelForSequenceClassification.from_pretrained(os.path.join(MODEL_DIR, "pytorch")).eval()
+
+    @bentoml.api(route="/classify")
+    def classify(self, texts: list[str]) -> dict:
+        with torch.inference_mode():
+            enc = self.tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
+            probs = self.model(**enc).logits.softmax(-1)
+        labels = [self.model.config.id2label[int(i)] for i in probs.argmax(-1)]
+        return {"predictions": [{"label": l, "score": float(p.max())} for l, p in zip(labels, probs)]}
