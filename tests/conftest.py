@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Real Tansu brokers on loopback ports: kafka_broker (session), own_broker, event_settings, consume_until.
+pytest_plugins = ["tests.fixtures.broker"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

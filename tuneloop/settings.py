@@ -107,6 +107,7 @@ class KafkaSettings(BaseModel):
     # A send not acknowledged within this is failed and spooled; keep it short so an outage spools quickly.
     delivery_timeout_ms: int = Field(15_000, ge=1000, validate_default=True)
     reconnect_interval_s: float = Field(1.0, gt=0, description="how often a disconnected event log retries")
+    connect_timeout_ms: int = Field(3000, ge=100, description="one attempt of the event log to reach a broker")
     log_inputs: Literal["text", "hash", "none"] = "text"
     log_embeddings: bool = True
     queue_size: int = Field(10_000, ge=1)

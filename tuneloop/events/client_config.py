@@ -53,6 +53,8 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         "batch_size": settings.batch_bytes,
         # send() may block this long on missing metadata; the caller is our sender thread, never a request.
         "max_block_ms": 2000,
+        # Without a broker the constructor waits this long; our replayer retries rather than wait 30 s.
+        "bootstrap_timeout_ms": settings.connect_timeout_ms,
         "request_timeout_ms": settings.request_timeout_ms,
         "delivery_timeout_ms": settings.delivery_timeout_ms,
         "reconnect_backoff_max_ms": 2000,
@@ -82,7 +84,7 @@ def ensure_topics(settings: KafkaSettings, timeout_ms: int = 5000) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(**common_config(settings), request_timeout_ms=timeout_ms)
+    admin = KafkaAdminClient(**common_config(settings), request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(name, settings.partitions, settings.replication_factor)

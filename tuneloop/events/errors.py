@@ -2,7 +2,7 @@
 
 
 class EventLogError(Exception):
-    pass
+    """The root of the event log's errors; raised as such for settings it cannot work with."""
 
 
 class BadEventError(EventLogError):
@@ -11,7 +11,3 @@ class BadEventError(EventLogError):
 
 class BrokerError(EventLogError):
     """The broker could not be started, reached or stopped."""
-
-
-class SpoolCorruptError(EventLogError):
-    pass

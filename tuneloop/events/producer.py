@@ -4,7 +4,8 @@
           │ (queue full)                 │ (broker down / send failed)
           └────────────────────────────▶ spool (segment files) ──replayer thread──▶ Kafka, in order
 
-While the spool holds events, new events join it rather than overtake them; once the replayer has
+start() never waits for the broker: until the replayer first reaches it, and during every outage,
+events go to the spool. While the spool holds events, new events join it rather than overtake them; once the replayer has
 drained it, events flow straight to the broker again. Delivery is at-least-once: a crash between a
 send and the deletion of its segment replays events the broker already has, and consumers drop
 duplicates by the CloudEvent id.
@@ -120,8 +121,12 @@ class EventLog:
                 self._queue.put(_STOP, timeout=max(0.1, deadline - time.monotonic()))
             except queue.Full:
                 pass  # it is stuck: what it did not take is spooled below
-        for thread in self._threads:
-            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        sender, replayer = self._threads or (None, None)
+        if sender is not None:
+            sender.join(timeout=max(0.1, deadline - time.monotonic()))
+        if replayer is not None:
+            # A replayer that is only trying to connect holds nothing: not worth waiting for.
+            replayer.join(timeout=max(0.1, deadline - time.monotonic()) if self._producer is not None else 0.1)
         producer = self._producer
         if producer is not None:
             try:  # sends that fail now are spooled by their errbacks
@@ -240,12 +245,15 @@ class EventLog:
         try:
             producer = KafkaProducer(**self._producer_config)
             try:
-                ensure_topics(self.settings)
+                ensure_topics(self.settings, timeout_ms=self.settings.connect_timeout_ms)
             except Exception:
                 producer.close(timeout=1)
                 raise
         except Exception as exc:  # NoBrokersAvailable, timeouts: try again later
             log.debug("event broker not reachable yet: %s", exc)
+            return False
+        if self._stop.is_set():  # close() went on without us while we connected
+            producer.close(timeout=1)
             return False
         self._producer = producer
         log.info("event log connected to %s", self.settings.bootstrap_servers)
