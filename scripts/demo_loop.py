@@ -26,9 +26,12 @@ DATA = ROOT.parent / "shared" / "data" / "sentiment-labelled-sentences"
 console = Console()
 
 
+FILES = {"amazon": "amazon_cells_labelled.txt", "yelp": "yelp_labelled.txt", "imdb": "imdb_labelled.txt"}
+
+
 def sentences(name: str) -> list[tuple[str, str]]:
     rows = []
-    for line in (DATA / f"{name}_labelled.txt").read_text(encoding="utf-8").splitlines():
+    for line in (DATA / FILES[name]).read_text(encoding="utf-8").splitlines():
         text, _, label = line.rpartition("\t")
         rows.append((text.strip(), label.strip()))
     random.Random(0).shuffle(rows)
