@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serving import bench_texts, ensure_model, median_cell, run_wrk  # noqa: E402
+from bench.bench_serving import bench_texts, ensure_model, interleaved_rounds, run_wrk  # noqa: E402
 from tests.server_process import ServerProcess, free_port  # noqa: E402
 from tuneloop.events.broker import TansuBroker  # noqa: E402
 
@@ -50,20 +50,14 @@ def main() -> None:
         "on": ServerProcess(args.registry, work / "on.log", grpc=False, env=on).start(),
         "broker down": ServerProcess(args.registry, work / "down.log", grpc=False, env=down).start(),
     }
-    samples = {name: {c: [] for c in CONCURRENCY} for name in servers}
+    measure = {name: (lambda c, d, url=server.url: run_wrk(f"{url}/classify", bodies, c, d))
+               for name, server in servers.items()}
     try:
-        for server in servers.values():
-            run_wrk(f"{server.url}/classify", bodies, 8, 2)
-        for round_ in range(args.rounds):
-            for c in CONCURRENCY:
-                for name, server in servers.items():
-                    print(f"round {round_ + 1}/{args.rounds} {name} c={c} …", flush=True)
-                    samples[name][c].append(run_wrk(f"{server.url}/classify", bodies, c, args.duration))
+        rows = interleaved_rounds(measure, CONCURRENCY, args.rounds, args.duration)
     finally:
         for server in servers.values():
             server.stop()
         broker.stop()
-    rows = {name: {c: median_cell(cells) for c, cells in by_c.items()} for name, by_c in samples.items()}
     lines = [
         f"The service with the event log off, on (real Tansu broker), and on with the broker down (all spooled); "
         f"one text per request, {args.duration} s per cell, median of {args.rounds} interleaved rounds, wrk on "

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,24 @@ def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
     return ordered[len(ordered) // 2]
 
 
+Measure = Callable[[int, int], dict[str, float]]  # (concurrency, seconds) -> rps, p50_ms, p99_ms, errors
+
+
+def interleaved_rounds(measure: dict[str, Measure], concurrency: tuple[int, ...], rounds: int,
+                       duration: int) -> dict[str, dict[int, dict[str, float]]]:
+    """Every variant is up at once and the cells alternate, round after round (median kept), so that a
+    burst of other load on this shared machine hits every variant alike."""
+    for run in measure.values():
+        run(8, 2)  # warm-up
+    samples: dict[str, dict[int, list[dict[str, float]]]] = {p: {c: [] for c in concurrency} for p in measure}
+    for round_ in range(rounds):
+        for c in concurrency:
+            for name, run in measure.items():
+                print(f"round {round_ + 1}/{rounds} {name} c={c} …", flush=True)
+                samples[name][c].append(run(c, duration))
+    return {name: {c: median_cell(cells) for c, cells in by_c.items()} for name, by_c in samples.items()}
+
+
 def start_naive(version_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "NAIVE_MODEL_DIR": str(version_dir), "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
@@ -170,8 +189,6 @@ def main() -> None:
 
     print("raw ONNX Runtime ceiling …", flush=True)
     raw = raw_ceiling(args.registry, version, texts)
-    # Every server runs at once and the cells are measured in interleaved rounds (median kept), so
-    # that a burst of other load on this shared machine hits every path alike.
     observed = {"TUNELOOP_SERVING__BENTOML_METRICS": "true", "TUNELOOP_SERVING__TRACING": "true"}
     service = ServerProcess(args.registry, work / "service.log").start()
     service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
@@ -182,20 +199,12 @@ def main() -> None:
         "http+bentoml-obs": lambda c, d: run_wrk(f"{service_obs.url}/classify", bodies, c, d),
         "naive": lambda c, d: run_wrk(naive_url, bodies, c, d),
     }
-    samples: dict[str, dict[int, list[dict[str, float]]]] = {p: {c: [] for c in CONCURRENCY} for p in measure}
     try:
-        for path, run in measure.items():
-            run(8, 2)  # warm-up
-        for round_ in range(args.rounds):
-            for c in CONCURRENCY:
-                for path, run in measure.items():
-                    print(f"round {round_ + 1}/{args.rounds} {path} c={c} …", flush=True)
-                    samples[path][c].append(run(c, args.duration))
+        rows = interleaved_rounds(measure, CONCURRENCY, args.rounds, args.duration)
     finally:
         service.stop()
         service_obs.stop()
         stop(naive)
-    rows = {p: {c: median_cell(cells) for c, cells in by_c.items()} for p, by_c in samples.items()}
 
     best_raw = max(raw.values())
     lines = [
