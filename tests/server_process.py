@@ -75,6 +75,32 @@ class ServerProcess:
         finally:
             self._log.close()
 
+    def descendants(self) -> list[int]:
+        """Every process below the server: BentoML's workers are not in the supervisor's process group."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended while we looked
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [self.proc.pid] if self.proc else []
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
+
+    def crash(self) -> None:
+        """SIGKILL the server and every worker under it at once, as when its container dies."""
+        for pid in self.descendants():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self._log.close()
+
     def __enter__(self) -> ServerProcess:
         return self.start()
 

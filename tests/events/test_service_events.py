@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -89,8 +87,7 @@ def test_service_killed_with_a_full_spool_replays_after_restart(served_registry:
     deadline = time.monotonic() + 30
     while counter(server, "tuneloop_events_spooled_total") < len(ids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(server.proc.pid, signal.SIGKILL)  # no drain, no goodbye
-    server.proc.wait()
+    server.crash()  # every process of it SIGKILLed: no drain, no goodbye
     assert list(kafka_settings.spool_dir.glob("*.spool"))
     broker.start()
     with ServerProcess(served_registry, tmp_path / "second.log", grpc=False, env=env):
