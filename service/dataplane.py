@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -109,22 +110,21 @@ class DataPlane:
                 raise TextTooLongError(f"texts[{i}] has {n} tokens; the model reads at most {limit} "
                                        "(the server is set to reject, not truncate, longer texts)")
 
-    async def classify(self, texts: object) -> ClassifyResult:
+    def _submit(self, texts: object) -> tuple[list[str], Future, float]:
+        """Validate and queue; both the async and the blocking entry point start here."""
         checked = self.validate(texts)
         if self.settings.on_too_long == "reject":
             self._reject_over_token_limit(checked)
-        started = time.perf_counter()
-        output = await asyncio.wrap_future(self.batcher.submit(checked))
-        return self._finish(checked, output, started)
+        return checked, self.batcher.submit(checked), time.perf_counter()
+
+    async def classify(self, texts: object) -> ClassifyResult:
+        checked, future, started = self._submit(texts)
+        return self._finish(checked, await asyncio.wrap_future(future), started)
 
     def classify_blocking(self, texts: object, timeout: float = 60.0) -> ClassifyResult:
         """For transports that run in threads (gRPC)."""
-        checked = self.validate(texts)
-        if self.settings.on_too_long == "reject":
-            self._reject_over_token_limit(checked)
-        started = time.perf_counter()
-        output = self.batcher.submit(checked).result(timeout=timeout)
-        return self._finish(checked, output, started)
+        checked, future, started = self._submit(texts)
+        return self._finish(checked, future.result(timeout=timeout), started)
 
     def _finish(self, texts: list[str], output: BatchOutput, started: float) -> ClassifyResult:
         labels = output.model.labels

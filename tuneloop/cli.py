@@ -100,11 +100,8 @@ def models_show(
 ) -> None:
     """Show one version's card, state and audit trail."""
     reg = open_registry(config, registry)
-    try:
-        card = reg.card(version)
-        state = reg.state(version)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
+    card = reg.card(version)
+    state = reg.state(version)
     audit = [entry.__dict__ for entry in reg.audit_log(version)]
     if as_json:
         payload = {"version": version, "state": state.value, "production": reg.production() == version,
@@ -144,10 +141,7 @@ def _transition_command(target: State, help_text: str):
         config: ConfigOption = None,
     ) -> None:
         reg = open_registry(config, registry)
-        try:
-            reg.transition(version, target, current_actor(actor), reason or f"{target.value} from the CLI")
-        except RegistryError as exc:
-            raise fail(str(exc)) from None
+        reg.transition(version, target, current_actor(actor), reason or f"{target.value} from the CLI")
         console.print(f"{version} → [cyan]{target.value}[/]")
 
     command.__doc__ = help_text
@@ -168,10 +162,7 @@ def models_promote(
 ) -> None:
     """Make an approved version the production one (the previous one is retired)."""
     reg = open_registry(config, registry)
-    try:
-        previous = reg.promote(version, current_actor(actor), reason)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
+    previous = reg.promote(version, current_actor(actor), reason)
     console.print(f"{version} is in production" + (f" (replacing {previous}, now retired)" if previous else ""))
 
 
@@ -184,10 +175,7 @@ def models_rollback(
 ) -> None:
     """Pull the production version and reinstate the one it replaced."""
     reg = open_registry(config, registry)
-    try:
-        pulled, restored = reg.rollback(current_actor(actor), reason)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
+    pulled, restored = reg.rollback(current_actor(actor), reason)
     console.print(f"{pulled} rolled back; {restored} is in production again")
 
 
@@ -195,10 +183,7 @@ def models_rollback(
 def models_verify(version: str, registry: RegistryOption = None, config: ConfigOption = None) -> None:
     """Check every file of a version against its sha256 manifest."""
     reg = open_registry(config, registry)
-    try:
-        reg.verify(version)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
+    reg.verify(version)
     console.print(f"{version}: every file matches its checksum")
 
 
@@ -211,7 +196,7 @@ def main() -> None:
     _mount_deployable_commands()
     try:
         app()
-    except RegistryError as exc:  # a registry error no command caught: still no traceback
+    except RegistryError as exc:  # every command's registry errors end here: one red line, exit 2
         err_console.print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
 
