@@ -6,6 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
+KSERVE := $(VENV)/kserve-client
 DATA   ?= ../shared/data/sentiment-labelled-sentences/amazon_cells_labelled.txt
 DEMO   ?= .demo
 
@@ -15,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: test demo bench setup system-packages lock clean
 
-setup: $(STAMP) system-packages
+setup: $(STAMP) $(KSERVE)/.installed system-packages
 
 # torch first, pinned to the CPU build on local disk: any looser request pulls a multi-GB CUDA build.
 # constraints.txt pins what was resolved and tested here, so installs skip pip's long backtracking.
@@ -25,6 +26,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# KServe's OIP v2 client, for tests/service/test_kserve_client.py only. kserve pins cloudevents<2 (the event
+# log uses 2.x), protobuf<7, psutil<6 and python-dateutil<3, so it stays out of .venv: --no-deps into a folder
+# of its own (pip check of .venv never sees it), with the two packages its client modules need that .venv
+# lacks or has at another major version. The test runs the client in a child interpreter with that folder
+# first on PYTHONPATH; everything else (grpcio, protobuf, httpx, numpy, pandas, pydantic) comes from .venv.
+$(KSERVE)/.installed: $(STAMP) Makefile
+	rm -rf $(KSERVE)
+	$(PIP) install --quiet --no-deps --target $(KSERVE) kserve==0.21.0 cloudevents==1.13.0 orjson==3.13.0
+	touch $@
 
 system-packages:
 	bash scripts/install-debian-packages.sh

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -46,7 +48,8 @@ class ResponseOutput(BaseModel):
 class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
-    id: str | None = None
+    # The request's id, or one of ours when it had none: KServe's client refuses a response without an id.
+    id: str
     outputs: list[ResponseOutput]
 
 
@@ -102,7 +105,7 @@ async def _infer(request: Request, name: str, version: str | None, body: Inferen
         outputs = [ResponseOutput(name=t.name, shape=t.shape, datatype=t.datatype, data=t.data)
                    for t in output_tensors(result, requested)]
         return InferenceResponse(model_name=result.model_name, model_version=result.model_version,
-                                 id=body.id, outputs=outputs)
+                                 id=body.id or uuid.uuid4().hex, outputs=outputs)
 
 
 _ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
