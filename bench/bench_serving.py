@@ -5,6 +5,8 @@
 Compares, on the same texts (one per request, real amazon/yelp/imdb sentences):
   raw    ONNX Runtime called in-process, texts sorted by length, best batch size: the ceiling;
   http   tuneloop serve, POST /classify, load from wrk at concurrency 1, 8, 32;
+  http-batchable  the same model, bodies and answers, batched by BentoML's adaptive batching
+         (@bentoml.api(batchable=True), bench/batchable_service.py) instead of tuneloop's micro-batcher;
   grpc   tuneloop serve, OIP v2 ModelInfer, load from a grpc.aio client at the same concurrencies;
   naive  a transformers PyTorch model behind BentoML answering each request as it comes.
 Writes bench/results/serving.md.
@@ -145,23 +147,37 @@ def interleaved_rounds(measure: dict[str, Measure], concurrency: tuple[int, ...]
     return {name: {c: median_cell(cells) for c, cells in by_c.items()} for name, by_c in samples.items()}
 
 
-def start_naive(version_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_bento(target: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """``bentoml serve module:Class`` on a free port, in its own process group; returns the process and its
+    /classify URL once /readyz answers."""
     port = free_port()
-    env = {**os.environ, "NAIVE_MODEL_DIR": str(version_dir), "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", **env}
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable))
-    proc = subprocess.Popen([bentoml, "serve", "bench.naive_service:NaiveTorch", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     import httpx
 
     for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{target} exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return proc, f"http://127.0.0.1:{port}/classify"
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
+    stop(proc)
     raise TimeoutError(log.read_text()[-2000:])
+
+
+def start_naive(version_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    return start_bento("bench.naive_service:NaiveTorch", {"NAIVE_MODEL_DIR": str(version_dir)}, log)
+
+
+def start_batchable(registry_root: Path, version: str, log: Path) -> tuple[subprocess.Popen, str]:
+    return start_bento("bench.batchable_service:Batchable",
+                       {"BATCHABLE_REGISTRY": str(registry_root), "BATCHABLE_VERSION": version}, log)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -193,8 +209,10 @@ def main() -> None:
     service = ServerProcess(args.registry, work / "service.log").start()
     service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
     naive, naive_url = start_naive(Registry(args.registry).open_version(version).path, work / "naive.log")
+    batchable, batchable_url = start_batchable(args.registry, version, work / "batchable.log")
     measure = {
         "http": lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
+        "http-batchable": lambda c, d: run_wrk(batchable_url, bodies, c, d),
         "grpc": lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
         "http+bentoml-obs": lambda c, d: run_wrk(f"{service_obs.url}/classify", bodies, c, d),
         "naive": lambda c, d: run_wrk(naive_url, bodies, c, d),
@@ -205,6 +223,10 @@ def main() -> None:
         service.stop()
         service_obs.stop()
         stop(naive)
+        stop(batchable)
+    # How BentoML's dispatcher formed the batches (logged by the service when it stops).
+    print(*(line for line in (work / "batchable.log").read_text(errors="replace").splitlines()
+            if "batches by size" in line), sep="\n")
 
     best_raw = max(raw.values())
     lines = [
@@ -218,7 +240,7 @@ def main() -> None:
         "| path | concurrency | requests/s | p50 ms | p99 ms | errors | × raw best | × naive |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for path in ("http", "grpc", "http+bentoml-obs", "naive"):
+    for path in measure:
         for c in CONCURRENCY:
             r = rows[path][c]
             vs_naive = r["rps"] / rows["naive"][c]["rps"]
