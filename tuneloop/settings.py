@@ -100,7 +100,9 @@ class KafkaSettings(BaseModel):
     dedupe_capacity: int = Field(100_000, ge=1, description="event ids a consumer remembers to drop duplicates")
     # Producer. "auto" is lz4 when the lz4 package is installed, else gzip (Tansu takes both).
     compression: Literal["auto", "gzip", "lz4", "none"] = "auto"
-    linger_ms: int = Field(5, ge=0, description="how long the producer waits to fill a batch")
+    # Events wait this long to be sent together: once in the event log's sender, once in the producer.
+    # Waking the sender per event cost more CPU than the send (bench/RESULTS.md).
+    linger_ms: int = Field(100, ge=0, description="how long events wait to be sent together")
     batch_bytes: int = Field(64 * 1024, ge=1024)
     retries: int = Field(5, ge=0)
     request_timeout_ms: int = Field(5000, ge=100)

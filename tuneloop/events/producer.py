@@ -46,6 +46,8 @@ class EventLog:
                            segment_bytes=settings.spool_segment_bytes,
                            batch_fsync_interval_s=settings.spool_fsync_interval_ms / 1000)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
+        self._linger_s = settings.linger_ms / 1000
+        self._max_batch = max(1, settings.queue_size // 2)
         self._producer = None
         self._route_lock = threading.Lock()  # "spool or send" and "spool drained" decide under it
         self._spooling = not self.spool.is_empty()  # a previous process left events behind
@@ -163,18 +165,37 @@ class EventLog:
 
     # ------------------------------------------------------------------ sending
     def _send_loop(self) -> None:
-        while True:
-            item = self._queue.get()
+        stopping = False
+        while not stopping:
+            batch = self._next_batch()
+            for item in batch:
+                try:
+                    if item is _STOP:
+                        stopping = True  # the events queued before it are still sent
+                        continue
+                    self._route(wrap(item, self.source))
+                except Exception:  # one bad event must not stop the thread every later event relies on
+                    log.exception("event log: could not handle %s", type(item).__name__)
+                    with self._counts_lock:
+                        self._counts["unencodable"] += 1
+                finally:
+                    self._queue.task_done()
+
+    def _next_batch(self) -> list[Any]:
+        """Wait for an event, let more gather for ``linger_ms``, then take them all.
+
+        Waking this thread (and through it kafka-python's) once per event cost more CPU than sending
+        the event (bench/RESULTS.md); one wake-up per batch takes that CPU back from inference.
+        """
+        batch = [self._queue.get()]
+        if batch[0] is not _STOP and self._linger_s > 0:
+            self._stop.wait(self._linger_s)  # close() cuts the wait short
+        while len(batch) < self._max_batch:
             try:
-                if item is _STOP:
-                    return
-                self._route(wrap(item, self.source))
-            except Exception:  # one bad event must not stop the thread every later event relies on
-                log.exception("event log: could not handle %s", type(item).__name__)
-                with self._counts_lock:
-                    self._counts["unencodable"] += 1
-            finally:
-                self._queue.task_done()
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
 
     def _route(self, envelope: Envelope) -> None:
         # Decided and spooled under one lock, so the replayer cannot declare the spool drained between
