@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.server_process import process_cpu_seconds  # noqa: E402
 from tuneloop.events.broker import TansuBroker  # noqa: E402
 from tuneloop.events.client_config import resolve_compression  # noqa: E402
 from tuneloop.events.envelope import wrap  # noqa: E402
@@ -118,6 +119,38 @@ def bench_producer(broker: TansuBroker, workdir: Path, n: int, codec: str) -> li
     ]
 
 
+def _paced(publish, events: list[PredictionEvent], rate: float) -> None:
+    """Publish at ``rate`` events/s, as a busy service does, rather than in one burst."""
+    start = time.perf_counter()
+    for i, event in enumerate(events):
+        publish(event)
+        delay = start + (i + 1) / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def bench_cpu_per_event(broker: TansuBroker, workdir: Path, linger_ms: int, rate: float = 250,
+                        seconds: float = 12) -> tuple[str, str]:
+    """CPU that logging one prediction costs the service process (every thread: the caller, our sender,
+    kafka-python's network thread) and the broker, at a service's pace. On two shared cores this is
+    CPU taken from inference."""
+    events = [prediction(i) for i in range(int(rate * seconds))]
+    cpu = time.process_time()
+    _paced(lambda event: None, events, rate)  # the pacing loop alone, subtracted below
+    loop_cpu = time.process_time() - cpu
+    settings = settings_for(broker.bootstrap_servers, workdir / f"cpu-{linger_ms}", linger_ms=linger_ms)
+    log = EventLog(settings)
+    log.start()
+    assert wait_until(lambda: log.stats()["connected"], 30)
+    cpu, broker_cpu = time.process_time(), process_cpu_seconds(broker.proc.pid)
+    _paced(log.publish_prediction, events, rate)
+    assert log.flush(60)
+    cpu, broker_cpu = time.process_time() - cpu - loop_cpu, process_cpu_seconds(broker.proc.pid) - broker_cpu
+    log.close()
+    return (f"CPU per logged prediction at {rate:.0f} events/s, linger {linger_ms} ms",
+            f"service {cpu / len(events) * 1e6:,.0f} µs, broker {broker_cpu / len(events) * 1e6:,.0f} µs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -129,6 +162,8 @@ def main() -> None:
         workdir = Path(tmp)
         rows = bench_spool_writes(workdir, args.events)
         rows.append(bench_replay(broker, workdir, args.events))
+        # 5 ms: the old default, one sender wake-up per event at this pace; 100 ms: today's default.
+        rows += [bench_cpu_per_event(broker, workdir, linger) for linger in (5, 100)]
         for codec in ("gzip", "lz4", "none"):
             if codec == "lz4" and importlib.util.find_spec("lz4") is None:
                 continue

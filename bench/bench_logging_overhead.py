@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serving import bench_texts, ensure_model, interleaved_rounds, run_wrk  # noqa: E402
+from bench.bench_serving import bench_texts, ensure_model, interleaved_rounds, run_wrk, with_cpu  # noqa: E402
 from tests.server_process import ServerProcess, free_port  # noqa: E402
 from tuneloop.events.broker import TansuBroker  # noqa: E402
 
@@ -50,7 +50,9 @@ def main() -> None:
         "on": ServerProcess(args.registry, work / "on.log", grpc=False, env=on).start(),
         "broker down": ServerProcess(args.registry, work / "down.log", grpc=False, env=down).start(),
     }
-    measure = {name: (lambda c, d, url=server.url: run_wrk(f"{url}/classify", bodies, c, d))
+
+    measure = {name: with_cpu(lambda c, d, url=server.url: run_wrk(f"{url}/classify", bodies, c, d),
+                              {"service": server.proc.pid, "broker": broker.proc.pid})
                for name, server in servers.items()}
     try:
         rows = interleaved_rounds(measure, CONCURRENCY, args.rounds, args.duration)
@@ -63,14 +65,16 @@ def main() -> None:
         f"one text per request, {args.duration} s per cell, median of {args.rounds} interleaved rounds, wrk on "
         "the same 2-core machine as the three services.",
         "",
-        "| event log | concurrency | requests/s | p50 ms | p99 ms | errors | × off |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| event log | concurrency | requests/s | p50 ms | p99 ms | errors | × off | service CPU ms/request "
+        "| broker CPU ms/request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in servers:
         for c in CONCURRENCY:
             r = rows[name][c]
             lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                         f"{int(r['errors'])} | {r['rps'] / rows['off'][c]['rps']:.2f} |")
+                         f"{int(r['errors'])} | {r['rps'] / rows['off'][c]['rps']:.2f} | {r['service_cpu_ms']:.2f} | "
+                         f"{r['broker_cpu_ms']:.3f} |")
     table = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")

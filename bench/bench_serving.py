@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import AMAZON, IMDB, YELP, read_sentences  # noqa: E402
-from tests.server_process import ServerProcess, free_port  # noqa: E402
+from tests.server_process import ServerProcess, free_port, tree_cpu_seconds  # noqa: E402
 from tuneloop.inference import OnnxTextClassifier  # noqa: E402
 from tuneloop.registry import Registry, State  # noqa: E402
 
@@ -59,19 +60,23 @@ def bench_texts() -> list[str]:
     return texts
 
 
-def raw_ceiling(registry_root: Path, version: str, texts: list[str]) -> dict[int, float]:
+def raw_ceiling(registry_root: Path, version: str, texts: list[str]) -> tuple[dict[int, float], float]:
+    """Texts per second at each batch size (best of 3), and the CPU ms one text costs at batch 32."""
     opened = Registry(registry_root).open_version(version)
     clf = OnnxTextClassifier(opened.onnx_path(), opened.tokenizer_dir, max_length=opened.card.max_length)
     ordered = sorted(texts, key=len)  # the best case: buckets of equal length, no padding waste
     rates: dict[int, float] = {}
+    cpu_ms = float("inf")
     for _ in range(3):  # best of three: the machine is shared and noisy
         for batch in (1, 8, 32, 64):
             sample = ordered if batch > 1 else ordered[::3]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             for i in range(0, len(sample), batch):
                 clf.run(clf.encode(sample[i:i + batch]))
             rates[batch] = max(rates.get(batch, 0.0), len(sample) / (time.perf_counter() - started))
-    return rates
+            if batch == 32:
+                cpu_ms = min(cpu_ms, (time.process_time() - cpu_started) / len(sample) * 1000)
+    return rates, cpu_ms
 
 
 def run_wrk(url: str, texts_file: Path, concurrency: int, duration: int) -> dict[str, float]:
@@ -130,6 +135,26 @@ def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
 
 
 Measure = Callable[[int, int], dict[str, float]]  # (concurrency, seconds) -> rps, p50_ms, p99_ms, errors
+
+
+def with_cpu(run: Measure, processes: dict[str, int]) -> Measure:
+    """``run``, plus the CPU spent per request by each named process tree (``<name>_cpu_ms``) and by the
+    load generator (``client_cpu_ms``: wrk as a child, or the grpc.aio client in this process). On two
+    shared cores CPU per request is steadier than throughput, and it shows where the cores went."""
+    def measured(concurrency: int, seconds: int) -> dict[str, float]:
+        before = {name: tree_cpu_seconds(pid) for name, pid in processes.items()}
+        client_before = time.process_time() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime \
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        result = run(concurrency, seconds)
+        client_after = time.process_time() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime \
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        requests = max(1.0, result["rps"] * seconds)
+        for name, pid in processes.items():
+            result[f"{name}_cpu_ms"] = (tree_cpu_seconds(pid) - before[name]) / requests * 1000
+        result["client_cpu_ms"] = (client_after - client_before) / requests * 1000
+        return result
+
+    return measured
 
 
 def interleaved_rounds(measure: dict[str, Measure], concurrency: tuple[int, ...], rounds: int,
@@ -204,18 +229,21 @@ def main() -> None:
     bodies.write_text("".join(json.dumps({"texts": [t]}) + "\n" for t in texts))
 
     print("raw ONNX Runtime ceiling …", flush=True)
-    raw = raw_ceiling(args.registry, version, texts)
+    raw, raw_cpu_ms = raw_ceiling(args.registry, version, texts)
     observed = {"TUNELOOP_SERVING__BENTOML_METRICS": "true", "TUNELOOP_SERVING__TRACING": "true"}
     service = ServerProcess(args.registry, work / "service.log").start()
     service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
     naive, naive_url = start_naive(Registry(args.registry).open_version(version).path, work / "naive.log")
     batchable, batchable_url = start_batchable(args.registry, version, work / "batchable.log")
     measure = {
-        "http": lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
-        "http-batchable": lambda c, d: run_wrk(batchable_url, bodies, c, d),
-        "grpc": lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
-        "http+bentoml-obs": lambda c, d: run_wrk(f"{service_obs.url}/classify", bodies, c, d),
-        "naive": lambda c, d: run_wrk(naive_url, bodies, c, d),
+        "http": with_cpu(lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
+                         {"server": service.proc.pid}),
+        "http-batchable": with_cpu(lambda c, d: run_wrk(batchable_url, bodies, c, d), {"server": batchable.pid}),
+        "grpc": with_cpu(lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
+                         {"server": service.proc.pid}),
+        "http+bentoml-obs": with_cpu(lambda c, d: run_wrk(f"{service_obs.url}/classify", bodies, c, d),
+                                     {"server": service_obs.proc.pid}),
+        "naive": with_cpu(lambda c, d: run_wrk(naive_url, bodies, c, d), {"server": naive.pid}),
     }
     try:
         rows = interleaved_rounds(measure, CONCURRENCY, args.rounds, args.duration)
@@ -237,15 +265,20 @@ def main() -> None:
         "Raw ONNX Runtime in-process (all texts sorted by length, best of 3 — the ceiling): "
         + ", ".join(f"batch {b}: {r:.0f}/s" for b, r in raw.items()),
         "",
-        "| path | concurrency | requests/s | p50 ms | p99 ms | errors | × raw best | × naive |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"Raw ONNX Runtime CPU per text at batch 32: {raw_cpu_ms:.2f} ms. Server and client CPU columns: CPU "
+        "seconds the server's processes and the load generator spent per request in that cell.",
+        "",
+        "| path | concurrency | requests/s | p50 ms | p99 ms | errors | × raw best | × naive | server CPU ms/req "
+        "| client CPU ms/req |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for path in measure:
         for c in CONCURRENCY:
             r = rows[path][c]
             vs_naive = r["rps"] / rows["naive"][c]["rps"]
             lines.append(f"| {path} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                         f"{int(r['errors'])} | {r['rps'] / best_raw:.2f} | {vs_naive:.2f} |")
+                         f"{int(r['errors'])} | {r['rps'] / best_raw:.2f} | {vs_naive:.2f} | "
+                         f"{r['server_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} |")
     table = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
