@@ -20,8 +20,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import softmax
 
-from service.metrics import BATCH_SIZE, INFERENCE_DURATION
+from service.metrics import BATCH_SIZE, INFERENCE_DURATION, PREDICTIONS
 from service.model import ServedModel
 from tuneloop.inference import plan_length_buckets
 
@@ -33,7 +34,7 @@ class BatchOutput:
     """What one submission gets back: rows in the order of its texts, and the model that made them."""
 
     model: ServedModel
-    logits: np.ndarray
+    probabilities: np.ndarray
     embeddings: np.ndarray
     truncated: list[bool]
 
@@ -110,7 +111,7 @@ class MicroBatcher:
         try:
             model = self._current_model()  # one model for the whole batch: every row names its version
             texts = [t for p in batch for t in p.texts]
-            logits, embeddings, truncated = self._infer(model, texts)
+            probabilities, embeddings, truncated = self._infer(model, texts)
         except Exception as exc:  # hand the failure to every waiting request; the worker lives on
             for pending in batch:
                 if not pending.future.set_running_or_notify_cancel():
@@ -121,11 +122,12 @@ class MicroBatcher:
         for pending in batch:
             end = start + len(pending.texts)
             if pending.future.set_running_or_notify_cancel():
-                pending.future.set_result(BatchOutput(model, logits[start:end], embeddings[start:end],
+                pending.future.set_result(BatchOutput(model, probabilities[start:end], embeddings[start:end],
                                                       truncated[start:end]))
             start = end
 
     def _infer(self, model: ServedModel, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        """Probabilities and pooled embeddings, rows in the order of ``texts``, and which texts were cut."""
         clf = model.classifier
         tokens = clf.tokenize(texts)  # once for the whole batch; padding happens per bucket
         logits = np.empty((len(texts), len(model.labels)), dtype=np.float32)
@@ -140,4 +142,8 @@ class MicroBatcher:
                 embeddings = np.empty((len(texts), bucket_emb.shape[1]), dtype=np.float32)
             logits[idx] = bucket_logits
             embeddings[idx] = bucket_emb
-        return logits, embeddings, tokens.truncated
+        # Once per batch here rather than once per request on the event loop, which every transport waits on.
+        probabilities = softmax(logits.astype(np.float64), axis=1).astype(np.float32)
+        for label, count in zip(*np.unique(probabilities.argmax(axis=1), return_counts=True)):
+            PREDICTIONS.labels(model.version, model.labels[label]).inc(int(count))
+        return probabilities, embeddings, tokens.truncated

@@ -15,11 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import softmax
 
 from service.batching import BatchOutput, MicroBatcher
 from service.errors import InvalidInputError, ModelNotFoundError, ServiceError, TextTooLongError
-from service.metrics import INFLIGHT, PREDICTIONS, REQUEST_DURATION, REQUESTS
+from service.metrics import INFLIGHT, REQUEST_DURATION, REQUESTS
 from service.model import ServedModel
 from service.swap import ModelManager
 from tuneloop.settings import ServingSettings
@@ -128,7 +127,7 @@ class DataPlane:
 
     def _finish(self, texts: list[str], output: BatchOutput, started: float) -> ClassifyResult:
         labels = output.model.labels
-        probabilities = softmax(output.logits.astype(np.float64), axis=1).astype(np.float32)
+        probabilities = output.probabilities
         best = probabilities.argmax(axis=1)
         predictions = [
             Prediction(request_id=uuid.uuid4().hex, label=labels[k], score=float(probabilities[i, k]),
@@ -136,8 +135,6 @@ class DataPlane:
                        truncated=output.truncated[i])
             for i, k in enumerate(best)
         ]
-        for k in best:
-            PREDICTIONS.labels(output.model.version, labels[k]).inc()
         result = ClassifyResult(model_name=output.model.model_name, model_version=output.model.version,
                                 predictions=predictions, probabilities=probabilities,
                                 embeddings=output.embeddings, latency_ms=(time.perf_counter() - started) * 1000)
