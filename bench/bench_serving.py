@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_serving.py [--registry PATH] [--duration 10]
 
 Compares, on the same texts (one per request, real amazon/yelp/imdb sentences):
-  raw    ONNX Runtime called in-process, texts sorted by length, best batch size: the ceiling;
+  raw    ONNX Runtime called in-process, texts sorted by length, batches as large as the concurrency: the
+         ceiling is its best cell;
   http   tuneloop serve, POST /classify, load from wrk at concurrency 1, 8, 32;
   http-batchable  the same model, bodies and answers, batched by BentoML's adaptive batching
          (@bentoml.api(batchable=True), bench/batchable_service.py) instead of tuneloop's micro-batcher;
@@ -60,23 +61,29 @@ def bench_texts() -> list[str]:
     return texts
 
 
-def raw_ceiling(registry_root: Path, version: str, texts: list[str]) -> tuple[dict[int, float], float]:
-    """Texts per second at each batch size (best of 3), and the CPU ms one text costs at batch 32."""
+def raw_session(registry_root: Path, version: str, texts: list[str]) -> Measure:
+    """The ceiling: ONNX Runtime called in-process on the same texts, sorted by length (no padding waste),
+    ``concurrency`` texts a batch, for the cell's seconds. A variant of the interleaved rounds like the
+    servers, so it meets the same machine and is summarised the same way (median)."""
     opened = Registry(registry_root).open_version(version)
     clf = OnnxTextClassifier(opened.onnx_path(), opened.tokenizer_dir, max_length=opened.card.max_length)
-    ordered = sorted(texts, key=len)  # the best case: buckets of equal length, no padding waste
-    rates: dict[int, float] = {}
-    cpu_ms = float("inf")
-    for _ in range(3):  # best of three: the machine is shared and noisy
-        for batch in (1, 8, 32, 64):
-            sample = ordered if batch > 1 else ordered[::3]
-            started, cpu_started = time.perf_counter(), time.process_time()
-            for i in range(0, len(sample), batch):
-                clf.run(clf.encode(sample[i:i + batch]))
-            rates[batch] = max(rates.get(batch, 0.0), len(sample) / (time.perf_counter() - started))
-            if batch == 32:
-                cpu_ms = min(cpu_ms, (time.process_time() - cpu_started) / len(sample) * 1000)
-    return rates, cpu_ms
+    ordered = sorted(texts, key=len)
+
+    def run(batch: int, seconds: int) -> dict[str, float]:
+        latencies, done, i = [], 0, 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            chunk = ordered[i:i + batch] if i + batch <= len(ordered) else ordered[:batch]
+            i = (i + batch) % len(ordered)
+            t0 = time.perf_counter()
+            clf.run(clf.encode(chunk))
+            latencies.append(time.perf_counter() - t0)
+            done += len(chunk)
+        lat = np.asarray(latencies) * 1000
+        return {"rps": done / (time.perf_counter() - started), "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)), "errors": 0}
+
+    return run
 
 
 def run_wrk(url: str, texts_file: Path, concurrency: int, duration: int) -> dict[str, float]:
@@ -228,14 +235,13 @@ def main() -> None:
     bodies = work / "bodies.jsonl"
     bodies.write_text("".join(json.dumps({"texts": [t]}) + "\n" for t in texts))
 
-    print("raw ONNX Runtime ceiling …", flush=True)
-    raw, raw_cpu_ms = raw_ceiling(args.registry, version, texts)
     observed = {"TUNELOOP_SERVING__BENTOML_METRICS": "true", "TUNELOOP_SERVING__TRACING": "true"}
     service = ServerProcess(args.registry, work / "service.log").start()
     service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
     naive, naive_url = start_naive(Registry(args.registry).open_version(version).path, work / "naive.log")
     batchable, batchable_url = start_batchable(args.registry, version, work / "batchable.log")
     measure = {
+        "raw": with_cpu(raw_session(args.registry, version, texts), {}),
         "http": with_cpu(lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
                          {"server": service.proc.pid}),
         "http-batchable": with_cpu(lambda c, d: run_wrk(batchable_url, bodies, c, d), {"server": batchable.pid}),
@@ -256,17 +262,15 @@ def main() -> None:
     print(*(line for line in (work / "batchable.log").read_text(errors="replace").splitlines()
             if "batches by size" in line), sep="\n")
 
-    best_raw = max(raw.values())
+    best_raw = max(cell["rps"] for cell in rows["raw"].values())
     lines = [
         f"Model {version} (MiniLM-L6 fine-tuned, fp32 fused graph, CPU execution provider), "
         f"{os.cpu_count()} cores, one text per request, {len(texts)} real sentences, {args.duration} s per cell, "
         f"median of {args.rounds} interleaved rounds; load from wrk (HTTP) and a grpc.aio client on the same machine.",
         "",
-        "Raw ONNX Runtime in-process (all texts sorted by length, best of 3 — the ceiling): "
-        + ", ".join(f"batch {b}: {r:.0f}/s" for b, r in raw.items()),
-        "",
-        f"Raw ONNX Runtime CPU per text at batch 32: {raw_cpu_ms:.2f} ms. Server and client CPU columns: CPU "
-        "seconds the server's processes and the load generator spent per request in that cell.",
+        "`raw` is ONNX Runtime called in this process on the texts sorted by length, the concurrency's number of "
+        "texts a batch (its p50/p99 are per batch); × raw best divides by its best cell. Server CPU: CPU seconds "
+        "the server's processes (for raw: the session) spent per request; client CPU: the load generator's.",
         "",
         "| path | concurrency | requests/s | p50 ms | p99 ms | errors | × raw best | × naive | server CPU ms/req "
         "| client CPU ms/req |",
@@ -276,9 +280,11 @@ def main() -> None:
         for c in CONCURRENCY:
             r = rows[path][c]
             vs_naive = r["rps"] / rows["naive"][c]["rps"]
+            server_cpu, client_cpu = ((r["client_cpu_ms"], "—") if path == "raw"
+                                      else (r["server_cpu_ms"], f"{r['client_cpu_ms']:.2f}"))
             lines.append(f"| {path} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                          f"{int(r['errors'])} | {r['rps'] / best_raw:.2f} | {vs_naive:.2f} | "
-                         f"{r['server_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} |")
+                         f"{server_cpu:.2f} | {client_cpu} |")
     table = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
