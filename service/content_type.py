@@ -1,17 +1,23 @@
-"""Refuse request bodies the JSON APIs cannot read, before any parser sees them.
+"""Refuse request bodies the APIs cannot read, before any parser sees them.
 
 BentoML tries to parse whatever Content-Type arrives and answers a malformed multipart header with
 a 500; a client that sent the wrong media type deserves a 415 that says what to send instead.
+The OIP infer routes also read ``application/octet-stream``: the binary tensor data extension
+(service/rest_binary.py), which Triton's and KServe's REST clients send by default. Every other route
+takes JSON only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 JSON_ROUTES = ("/classify", "/feedback", "/v2/models/")
 ACCEPTED = ("application/json", "")  # a missing Content-Type is read as JSON
+INFER_ROUTE = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
+ACCEPTED_ON_INFER = (*ACCEPTED, "application/octet-stream")
 
 
 class JsonBodyOnly:
@@ -22,8 +28,12 @@ class JsonBodyOnly:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(JSON_ROUTES):
             headers = dict(scope["headers"])
             media_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-            if media_type not in ACCEPTED:
-                body = json.dumps({"error": f"unsupported Content-Type {media_type!r}: send application/json"})
+            infer = INFER_ROUTE.fullmatch(scope["path"]) is not None
+            if media_type not in (ACCEPTED_ON_INFER if infer else ACCEPTED):
+                advice = ("send application/json, or application/octet-stream with "
+                          "Inference-Header-Content-Length (the binary tensor data extension)"
+                          if infer else "send application/json")
+                body = json.dumps({"error": f"unsupported Content-Type {media_type!r}: {advice}"})
                 await send({"type": "http.response.start", "status": 415,
                             "headers": [(b"content-type", b"application/json")]})
                 await send({"type": "http.response.body", "body": body.encode()})

@@ -1,19 +1,26 @@
-"""Open Inference Protocol v2 REST routes (part of service/http_app.py's app)."""
+"""Open Inference Protocol v2 REST routes (part of service/http_app.py's app).
+
+The infer routes read JSON bodies, and bodies in the binary tensor data extension (service/rest_binary.py
+decodes them), and answer in binary when asked; both go through the one ``_infer``."""
 
 from __future__ import annotations
 
 import uuid
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field, ValidationError
 
 import tuneloop
+from service import rest_binary
 from service.dataplane import DataPlane, track_request
-from service.errors import ModelNotReadyError
-from service.oip import Tensor, check_requested_outputs, model_metadata, output_tensors, server_metadata, texts_from_inputs
+from service.errors import InvalidInputError, ModelNotReadyError
+from service.oip import (OUTPUT_NAMES, Tensor, check_requested_outputs, model_metadata, output_tensors,
+                         server_metadata, texts_from_inputs)
 
 router = APIRouter(prefix="/v2")
 
@@ -26,6 +33,12 @@ class RequestInput(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class BinaryRequestInput(RequestInput):
+    """An input in the JSON header of a binary tensor data extension body: its data may follow the header."""
+
+    data: list[Any] | None = None
+
+
 class RequestOutput(BaseModel):
     name: str
     parameters: dict[str, Any] | None = None
@@ -36,6 +49,10 @@ class InferenceRequest(BaseModel):
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
     parameters: dict[str, Any] | None = None
+
+
+class BinaryInferenceRequest(InferenceRequest):
+    inputs: list[BinaryRequestInput] = Field(min_length=1)
 
 
 class ResponseOutput(BaseModel):
@@ -63,7 +80,9 @@ def dataplane(request: Request) -> DataPlane:
 
 @router.get("", response_model=dict)
 async def server_meta() -> dict:
-    return server_metadata(tuneloop.__version__)
+    meta = server_metadata(tuneloop.__version__)
+    # The binary tensor data extension is REST's alone (service/rest_binary.py): gRPC doesn't list it.
+    return meta | {"extensions": [*meta["extensions"], "binary_tensor_data"]}
 
 
 @router.get("/health/live", responses={200: {"model": dict}})
@@ -90,33 +109,110 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     return {"name": served.model_name, "ready": True}
 
 
-async def _infer(request: Request, name: str, version: str | None, body: InferenceRequest) -> InferenceResponse:
+def _problems(errors) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+
+
+async def _read_binary(request: Request) -> tuple[InferenceRequest, list[Tensor]]:
+    """A body in the binary tensor data extension: its JSON header, and its inputs as Tensors."""
+    header_length = request.headers.get(rest_binary.HEADER_LENGTH)
+    header, data = rest_binary.split_body(await request.body(), header_length)
+    try:
+        body = BinaryInferenceRequest.model_validate(header)
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid inference header: {_problems(exc.errors())}") from None
+    return body, rest_binary.decode_inputs(body.inputs, data)
+
+
+async def _infer(request: Request, name: str, version: str | None,
+                 body: InferenceRequest | None) -> InferenceResponse | Response:
+    """The one infer path for both encodings: ``body`` is FastAPI's parse of a JSON body, or None for a body
+    in the binary tensor data extension, decoded here (inside the request's metrics, so a bad one counts)."""
     plane = dataplane(request)
     route = "/v2/models/{name}/infer"
     with track_request(route):
+        if body is None:
+            body, inputs = await _read_binary(request)
+        else:
+            inputs = [Tensor(i.name, i.datatype, i.shape, i.data) for i in body.inputs]
         plane.model(name, version)  # 404 before any work for an unknown name or version
-        texts = texts_from_inputs([Tensor(i.name, i.datatype, i.shape, i.data) for i in body.inputs])
+        texts = texts_from_inputs(inputs)
         requested = [o.name for o in body.outputs] if body.outputs else None
         check_requested_outputs(requested)  # fail before the work, not after
+        binary = rest_binary.binary_outputs(body.parameters, body.outputs, requested or OUTPUT_NAMES)
         result = await plane.classify(texts)
         if version is not None and result.model_version != version:
             # A swap landed between the check and the batch: say so rather than answer for another version.
             raise ModelNotReadyError(f"version {version} was swapped out while the request waited; retry")
-        outputs = [ResponseOutput(name=t.name, shape=t.shape, datatype=t.datatype, data=t.data)
-                   for t in output_tensors(result, requested)]
-        return InferenceResponse(model_name=result.model_name, model_version=result.model_version,
-                                 id=body.id or uuid.uuid4().hex, outputs=outputs)
+        tensors = output_tensors(result, requested)
+        header = {"model_name": result.model_name, "model_version": result.model_version,
+                  "id": body.id or uuid.uuid4().hex}
+        if binary:
+            content, header_length = rest_binary.encode_response(header, tensors, binary)
+            return Response(content, media_type=rest_binary.OCTET_STREAM,
+                            headers={"Inference-Header-Content-Length": str(header_length)})
+        return InferenceResponse(**header, outputs=[
+            ResponseOutput(name=t.name, shape=t.shape, datatype=t.datatype, data=t.data) for t in tensors])
 
 
-_ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-           503: {"model": ErrorResponse}}
+class InferRoute(APIRoute):
+    """An infer route that also reads the binary tensor data extension. A JSON body takes FastAPI's usual
+    path (parsing, validation, errors); a body with Inference-Header-Content-Length, or an octet stream,
+    isn't JSON, so it skips FastAPI's body parsing and reaches the same ``_infer``, which decodes it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        json_handler = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            if not rest_binary.is_binary_request(request.headers):
+                return await json_handler(request)
+            params = request.path_params
+            answer = await _infer(request, params["name"], params.get("version"), None)
+            return answer if isinstance(answer, Response) else JSONResponse(answer.model_dump(mode="json"))
+
+        return handler
 
 
-@router.post("/models/{name}/infer", responses=_ERRORS)
-async def infer(request: Request, name: str, body: InferenceRequest) -> InferenceResponse:
+async def infer(request: Request, name: str, body: InferenceRequest) -> InferenceResponse | Response:
     return await _infer(request, name, None, body)
 
 
-@router.post("/models/{name}/versions/{version}/infer", responses=_ERRORS)
-async def infer_version(request: Request, name: str, version: str, body: InferenceRequest) -> InferenceResponse:
+async def infer_version(request: Request, name: str, version: str,
+                        body: InferenceRequest) -> InferenceResponse | Response:
     return await _infer(request, name, version, body)
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_INFER_DESCRIPTION = """Classify the texts of one BYTES input tensor (shape `[n]` or `[n, 1]`).
+
+The body is JSON, or uses the Open Inference Protocol's **binary tensor data extension** (what Triton's
+and KServe's REST clients send by default): the `Inference-Header-Content-Length` header gives the length
+of the JSON inference header that starts the body; the binary data of each input that has
+`parameters.binary_data_size` follows it, in input order (a BYTES element is a 4-byte little-endian length,
+then its bytes). Outputs come back in binary when asked, by an output's `parameters.binary_data: true` or
+the request's `parameters.binary_data_output: true`: then the response is `application/octet-stream`, a
+JSON header of `Inference-Header-Content-Length` bytes whose binary outputs have
+`parameters.binary_data_size`, then their bytes in output order (FP32 as little-endian float32)."""
+_INFER_RESPONSES = {
+    200: {"content": {"application/octet-stream": _BINARY},
+          "description": "JSON, or the binary tensor data extension when binary outputs were asked for"},
+    400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+_INFER_OPENAPI = {
+    "parameters": [{
+        "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "binary tensor data extension: the length of the JSON header that starts the body",
+    }],
+    "requestBody": {"content": {"application/octet-stream": _BINARY}},
+}
+
+# strict_content_type=False: a JSON body without a Content-Type is read as JSON (tritonclient.http sends
+# none with JSON inputs), as content_type.JsonBodyOnly already lets it through.
+for _path, _endpoint in [("/models/{name}/infer", infer),
+                         ("/models/{name}/versions/{version}/infer", infer_version)]:
+    router.add_api_route(_path, _endpoint, methods=["POST"], response_model=InferenceResponse,
+                         responses=_INFER_RESPONSES, description=_INFER_DESCRIPTION,
+                         openapi_extra=_INFER_OPENAPI, route_class_override=InferRoute,
+                         strict_content_type=False)

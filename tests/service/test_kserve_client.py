@@ -139,6 +139,7 @@ def test_kserve_rest_json_fits_kserves_data_models(kserve: dict, texts: list[str
     """KServe's REST client has no metadata calls; our JSON validates against KServe's own pydantic models."""
     rest = ok(kserve["rest"])
     assert rest["server_metadata"]["name"] == "tuneloop"
+    assert "binary_tensor_data" in rest["server_metadata"]["extensions"]
     meta = rest["model_metadata"]
     assert (meta["name"], meta["versions"], meta["platform"]) == (MODEL, ["v1"], "onnxruntime_onnx")
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
@@ -154,19 +155,31 @@ def test_kserve_rest_json_fits_kserves_data_models(kserve: dict, texts: list[str
 @pytest.mark.parametrize("encoding", ["list", "numpy-json"])
 def test_kserve_rest_infer_agrees_with_classify(kserve: dict, classified, texts: list[str],
                                                 encoding: str) -> None:
-    """``list``: data given as a list; ``numpy-json``: set_data_from_numpy(binary_data=False); JSON both."""
+    """``list``: data given as a list; ``numpy-json``: set_data_from_numpy(binary_data=False); JSON both
+    (the binary encoding: test_kserve_rest_binary_tensors_agree_with_classify)."""
     response = ok(kserve["rest"])["infer"][encoding]
     # KServe's InferResponse.from_bytes drops model_version; the id is the one KServe's client sent.
     assert (response["model_name"], response["id"]) == (MODEL, f"kserve-{encoding}")
     assert_agrees_with_classify(response, classified, len(texts))
 
 
-def test_kserve_rest_binary_tensors_are_refused_with_a_415(kserve: dict) -> None:
+@pytest.mark.parametrize("encoding", ["binary", "binary-outputs"])
+def test_kserve_rest_binary_tensors_agree_with_classify(kserve: dict, classified, texts: list[str],
+                                                        encoding: str) -> None:
     """KServe's default set_data_from_numpy(binary_data=True) uses the binary tensor data extension: a JSON
-    header then raw bytes, as application/octet-stream. The server doesn't list that extension in /v2 and
-    answers a 415 that says to send JSON."""
-    binary = ok(kserve["rest"])["binary"]
-    assert binary["status"] == 415 and "send application/json" in binary["message"]
+    header then the texts' raw bytes, as application/octet-stream. ``binary``: JSON outputs (KServe asks for
+    none in binary); ``binary-outputs``: the request's binary_data_output, answered in binary, which KServe's
+    InferResponse.from_bytes reads."""
+    response = ok(kserve["rest"])["infer"][encoding]
+    assert (response["model_name"], response["id"]) == (MODEL, f"kserve-{encoding}")
+    assert_agrees_with_classify(response, classified, len(texts))
+    headers = response["headers"]
+    if encoding == "binary":
+        assert headers["content-type"] == "application/json"
+        assert "inference-header-content-length" not in headers
+    else:
+        assert headers["content-type"] == "application/octet-stream"
+        assert 0 < int(headers["inference-header-content-length"]) < int(headers["content-length"])
 
 
 # ------------------------------------------------------------------------ the child: KServe's client itself
@@ -262,13 +275,15 @@ async def _rest_calls(base_url: str, texts: list[str]) -> dict:
             response = await client.infer(base_url, request, model_name=MODEL)
             result["infer"][encoding] = _response(response)
 
-        binary = InferInput("text", [len(texts)], "BYTES")
-        binary.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
-        try:
-            await client.infer(base_url, InferRequest(MODEL, [binary]), model_name=MODEL)
-            result["binary"] = {"status": 200, "message": ""}
-        except httpx.HTTPStatusError as error:
-            result["binary"] = {"status": error.response.status_code, "message": str(error)}
+        # The binary tensor data extension: set_data_from_numpy's default, binary_data=True.
+        for encoding, parameters in [("binary", None), ("binary-outputs", {"binary_data_output": True})]:
+            binary = InferInput("text", [len(texts)], "BYTES")
+            binary.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+            request = InferRequest(MODEL, [binary], request_id=f"kserve-{encoding}", parameters=parameters)
+            headers: dict = {}
+            response = await client.infer(base_url, request, model_name=MODEL, response_headers=headers)
+            headers = {k.lower(): v for k, v in headers.items()}
+            result["infer"][encoding] = _response(response) | {"headers": headers}
 
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         server = ServerMetadataResponse.model_validate((await http.get("/v2")).raise_for_status().json())
