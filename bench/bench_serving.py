@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_serving.py [--registry PATH] [--duration 10]
 
 Compares, on the same texts (one per request, real amazon/yelp/imdb sentences):
-  raw    ONNX Runtime called in-process, texts sorted by length, batches as large as the concurrency: the
-         ceiling is its best cell;
+  raw    ONNX Runtime called in-process, texts sorted by length, batches as large as the concurrency;
+  raw-arrival  the same session on the texts in arrival order, cut into the service's length buckets
+         (the ceiling is the best cell of these two);
   http   tuneloop serve, POST /classify, load from wrk at concurrency 1, 8, 32;
   http-batchable  the same model, bodies and answers, batched by BentoML's adaptive batching
          (@bentoml.api(batchable=True), bench/batchable_service.py) instead of tuneloop's micro-batcher;
@@ -37,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import AMAZON, IMDB, YELP, read_sentences  # noqa: E402
 from tests.server_process import ServerProcess, free_port, tree_cpu_seconds  # noqa: E402
-from tuneloop.inference import OnnxTextClassifier  # noqa: E402
+from tuneloop.inference import OnnxTextClassifier, plan_length_buckets  # noqa: E402
 from tuneloop.registry import Registry, State  # noqa: E402
+from tuneloop.settings import ServingSettings  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 
@@ -61,13 +63,25 @@ def bench_texts() -> list[str]:
     return texts
 
 
-def raw_session(registry_root: Path, version: str, texts: list[str]) -> Measure:
-    """The ceiling: ONNX Runtime called in-process on the same texts, sorted by length (no padding waste),
-    ``concurrency`` texts a batch, for the cell's seconds. A variant of the interleaved rounds like the
-    servers, so it meets the same machine and is summarised the same way (median)."""
+def raw_session(registry_root: Path, version: str, texts: list[str], sort: bool) -> Measure:
+    """ONNX Runtime called in-process, ``concurrency`` texts a batch, for the cell's seconds. A variant of
+    the interleaved rounds like the servers, so it meets the same machine and is summarised the same way.
+
+    ``sort=True`` is the ceiling: every text sorted by length first, so no batch pads at all — an order
+    no server sees, since it cannot wait for tomorrow's short texts. ``sort=False`` takes the texts in the
+    order the load generators send them and cuts each batch into the same length buckets the service's
+    batcher plans: the session alone on the service's own work."""
     opened = Registry(registry_root).open_version(version)
     clf = OnnxTextClassifier(opened.onnx_path(), opened.tokenizer_dir, max_length=opened.card.max_length)
-    ordered = sorted(texts, key=len)
+    ordered = sorted(texts, key=len) if sort else texts
+
+    def infer(chunk: list[str]) -> None:
+        if sort:
+            clf.run(clf.encode(chunk))
+            return
+        tokens = clf.tokenize(chunk)
+        for idx in plan_length_buckets(tokens.lengths(), len(chunk), ServingSettings().bucket_run_overhead_tokens):
+            clf.run(clf.feeds([tokens.ids[i] for i in idx]))
 
     def run(batch: int, seconds: int) -> dict[str, float]:
         latencies, done, i = [], 0, 0
@@ -76,7 +90,7 @@ def raw_session(registry_root: Path, version: str, texts: list[str]) -> Measure:
             chunk = ordered[i:i + batch] if i + batch <= len(ordered) else ordered[:batch]
             i = (i + batch) % len(ordered)
             t0 = time.perf_counter()
-            clf.run(clf.encode(chunk))
+            infer(chunk)
             latencies.append(time.perf_counter() - t0)
             done += len(chunk)
         lat = np.asarray(latencies) * 1000
@@ -241,7 +255,8 @@ def main() -> None:
     naive, naive_url = start_naive(Registry(args.registry).open_version(version).path, work / "naive.log")
     batchable, batchable_url = start_batchable(args.registry, version, work / "batchable.log")
     measure = {
-        "raw": with_cpu(raw_session(args.registry, version, texts), {}),
+        "raw": with_cpu(raw_session(args.registry, version, texts, sort=True), {}),
+        "raw-arrival": with_cpu(raw_session(args.registry, version, texts, sort=False), {}),
         "http": with_cpu(lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
                          {"server": service.proc.pid}),
         "http-batchable": with_cpu(lambda c, d: run_wrk(batchable_url, bodies, c, d), {"server": batchable.pid}),
@@ -262,14 +277,16 @@ def main() -> None:
     print(*(line for line in (work / "batchable.log").read_text(errors="replace").splitlines()
             if "batches by size" in line), sep="\n")
 
-    best_raw = max(cell["rps"] for cell in rows["raw"].values())
+    # The ceiling is the raw session's best cell, sorted or in arrival order with the service's buckets.
+    best_raw = max(cell["rps"] for path in ("raw", "raw-arrival") for cell in rows[path].values())
     lines = [
         f"Model {version} (MiniLM-L6 fine-tuned, fp32 fused graph, CPU execution provider), "
         f"{os.cpu_count()} cores, one text per request, {len(texts)} real sentences, {args.duration} s per cell, "
         f"median of {args.rounds} interleaved rounds; load from wrk (HTTP) and a grpc.aio client on the same machine.",
         "",
         "`raw` is ONNX Runtime called in this process on the texts sorted by length, the concurrency's number of "
-        "texts a batch (its p50/p99 are per batch); × raw best divides by its best cell. Server CPU: CPU seconds "
+        "texts a batch (its p50/p99 are per batch). `raw-arrival` is the same session on the texts in the order "
+        "the clients send them, cut into the service's length buckets. × raw best divides by the best raw cell. Server CPU: CPU seconds "
         "the server's processes (for raw: the session) spent per request; client CPU: the load generator's.",
         "",
         "| path | concurrency | requests/s | p50 ms | p99 ms | errors | × raw best | × naive | server CPU ms/req "
@@ -280,7 +297,7 @@ def main() -> None:
         for c in CONCURRENCY:
             r = rows[path][c]
             vs_naive = r["rps"] / rows["naive"][c]["rps"]
-            server_cpu, client_cpu = ((r["client_cpu_ms"], "—") if path == "raw"
+            server_cpu, client_cpu = ((r["client_cpu_ms"], "—") if path.startswith("raw")
                                       else (r["server_cpu_ms"], f"{r['client_cpu_ms']:.2f}"))
             lines.append(f"| {path} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                          f"{int(r['errors'])} | {r['rps'] / best_raw:.2f} | {vs_naive:.2f} | "

@@ -5,8 +5,11 @@ Requests queue up while a batch runs; the worker then takes everything waiting (
 and a lone request is not held back. The texts of a batch are sorted by length and cut into
 buckets, so short texts are not padded to the length of a long one.
 
-We batch ourselves rather than with BentoML's ``batchable`` API because the gRPC server runs beside
-BentoML, outside its dispatcher: one batcher is the only way for HTTP and gRPC traffic to share batches.
+We batch ourselves rather than with BentoML's ``batchable`` API, for two reasons. The gRPC server runs
+beside BentoML, outside its dispatcher: one batcher is the only way for HTTP and gRPC traffic to share
+batches. And it measured better: the same model and length buckets behind ``batchable``
+(bench/batchable_service.py) served 0.6–0.7× this batcher's throughput at concurrency 8 and 32, and a
+lone request waits for BentoML's dispatcher to re-learn its queue after a burst (bench/RESULTS.md).
 """
 
 from __future__ import annotations
