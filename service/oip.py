@@ -6,12 +6,17 @@ Input: one BYTES tensor of texts, shape ``[n]`` or ``[n, 1]``. Outputs: ``probab
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from math import prod
+
+import numpy as np
 
 from service.dataplane import ClassifyResult
 from service.errors import InvalidInputError
 from service.model import ServedModel
+
+_LENGTH = struct.Struct("<I")  # a raw BYTES element: its 4-byte little-endian length, then the bytes
 
 SERVER_NAME = "tuneloop"
 INPUT_NAME = "text"
@@ -24,6 +29,35 @@ class Tensor:
     datatype: str
     shape: list[int]
     data: list  # flat, row-major
+
+
+def decode_bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    """A BYTES tensor in the protocol's raw form (gRPC's raw_input_contents, REST's binary extension):
+    each element a 4-byte little-endian length, then that many bytes."""
+    elements: list[bytes] = []
+    position, end = 0, len(raw)
+    while position < end:
+        if end - position < _LENGTH.size:
+            raise InvalidInputError(f"input {name!r} element {len(elements)}: its 4-byte length prefix is cut off "
+                                    f"({end - position} byte(s) left of the input's {end})")
+        (length,) = _LENGTH.unpack_from(raw, position)
+        position += _LENGTH.size
+        if length > end - position:
+            raise InvalidInputError(f"input {name!r} element {len(elements)} claims {length} bytes but "
+                                    f"{end - position} remain")
+        elements.append(raw[position:position + length])
+        position += length
+    return elements
+
+
+def encode_raw_tensor(tensor: Tensor) -> bytes:
+    """An output tensor in the protocol's raw form: FP32 little-endian, BYTES length-prefixed elements."""
+    if tensor.datatype == "FP32":
+        return np.asarray(tensor.data, dtype="<f4").tobytes()
+    if tensor.datatype == "BYTES":
+        items = [item.encode() if isinstance(item, str) else bytes(item) for item in tensor.data]
+        return b"".join(_LENGTH.pack(len(item)) + item for item in items)
+    raise ValueError(f"no raw encoding for datatype {tensor.datatype}")  # our outputs are FP32 and BYTES
 
 
 def texts_from_inputs(inputs: list[Tensor]) -> list[str]:

@@ -29,18 +29,14 @@ input is refused whatever its encoding), and the shared-memory parameters of Tri
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-import numpy as np
-
 from service.errors import InvalidInputError
-from service.oip import Tensor
+from service.oip import Tensor, decode_bytes_elements, encode_raw_tensor
 
 HEADER_LENGTH = "inference-header-content-length"
 OCTET_STREAM = "application/octet-stream"
-_LENGTH = struct.Struct("<I")
 
 
 class InputSpec(Protocol):
@@ -143,28 +139,6 @@ def decode_inputs(inputs: Iterable[InputSpec], binary: bytes) -> list[Tensor]:
     return tensors
 
 
-def decode_bytes_elements(raw: bytes, name: str) -> list[bytes]:
-    """A binary BYTES tensor's elements: each a 4-byte little-endian length, then that many bytes."""
-    elements: list[bytes] = []
-    position, end = 0, len(raw)
-    while position < end:
-        if end - position < _LENGTH.size:
-            raise InvalidInputError(
-                f"input {name!r} element {len(elements)}: its 4-byte length is cut off "
-                f"({end - position} bytes left of the input's {end})"
-            )
-        (length,) = _LENGTH.unpack_from(raw, position)
-        position += _LENGTH.size
-        if length > end - position:
-            raise InvalidInputError(
-                f"input {name!r} element {len(elements)} has length {length}, past the end of the input's "
-                f"binary data ({end - position} bytes left)"
-            )
-        elements.append(raw[position:position + length])
-        position += length
-    return elements
-
-
 def _flag(parameters: dict[str, Any] | None, key: str, where: str) -> bool | None:
     value = (parameters or {}).get(key)
     if value is not None and not isinstance(value, bool):
@@ -183,25 +157,13 @@ def binary_outputs(request_parameters: dict[str, Any] | None, requested: Iterabl
     return {name for name, flag in chosen.items() if (default if flag is None else flag)}
 
 
-def encode_tensor(tensor: Tensor) -> bytes:
-    if tensor.datatype == "FP32":
-        return np.asarray(tensor.data, dtype="<f4").tobytes()
-    if tensor.datatype == "BYTES":
-        parts = []
-        for item in tensor.data:
-            raw = item.encode() if isinstance(item, str) else bytes(item)
-            parts += (_LENGTH.pack(len(raw)), raw)
-        return b"".join(parts)
-    raise ValueError(f"no binary encoding for datatype {tensor.datatype}")  # our outputs are FP32 and BYTES
-
-
 def encode_response(header: dict[str, Any], tensors: Iterable[Tensor], binary: set[str]) -> tuple[bytes, int]:
     """The response body (JSON header, then the binary outputs' bytes) and the header's length."""
     outputs, blobs = [], []
     for tensor in tensors:
         output: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if tensor.name in binary:
-            blob = encode_tensor(tensor)
+            blob = encode_raw_tensor(tensor)
             output["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

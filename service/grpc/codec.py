@@ -7,42 +7,9 @@ REST cannot express: how ``raw_input_contents`` lines up with ``inputs``, and th
 
 from __future__ import annotations
 
-import struct
-
-import numpy as np
-
 from service.errors import InvalidInputError
 from service.grpc import grpc_predict_v2_pb2 as pb
-from service.oip import Tensor
-
-_LENGTH = struct.Struct("<I")  # raw BYTES elements: 4-byte little-endian length, then the bytes
-
-
-def decode_raw_bytes(raw: bytes, name: str) -> list[bytes]:
-    """Split a raw BYTES tensor into its elements."""
-    items: list[bytes] = []
-    offset, size = 0, len(raw)
-    while offset < size:
-        if size - offset < _LENGTH.size:
-            raise InvalidInputError(
-                f"raw content of input {name!r} is cut off: {size - offset} byte(s) left where element "
-                f"{len(items)}'s 4-byte length prefix should be"
-            )
-        (length,) = _LENGTH.unpack_from(raw, offset)
-        offset += _LENGTH.size
-        if length > size - offset:
-            raise InvalidInputError(
-                f"raw content of input {name!r} is cut off: element {len(items)} claims {length} bytes "
-                f"but {size - offset} remain"
-            )
-        items.append(raw[offset:offset + length])
-        offset += length
-    return items
-
-
-def encode_raw_bytes(items: list[bytes]) -> bytes:
-    return b"".join(_LENGTH.pack(len(item)) + item for item in items)
-
+from service.oip import Tensor, decode_bytes_elements, encode_raw_tensor
 
 def input_tensors(request: pb.ModelInferRequest) -> list[Tensor]:
     raw = request.raw_input_contents
@@ -61,7 +28,7 @@ def input_tensors(request: pb.ModelInferRequest) -> list[Tensor]:
         # Only BYTES is ever read: service.oip rejects any other datatype before it looks at the data.
         data: list = []
         if tensor.datatype == "BYTES":
-            data = decode_raw_bytes(raw[i], tensor.name) if raw else list(tensor.contents.bytes_contents)
+            data = decode_bytes_elements(raw[i], tensor.name) if raw else list(tensor.contents.bytes_contents)
         tensors.append(Tensor(tensor.name, tensor.datatype, list(tensor.shape), data))
     return tensors
 
@@ -69,15 +36,12 @@ def input_tensors(request: pb.ModelInferRequest) -> list[Tensor]:
 def _output(tensor: Tensor, raw: bool) -> tuple[pb.ModelInferResponse.InferOutputTensor, bytes | None]:
     out = pb.ModelInferResponse.InferOutputTensor(name=tensor.name, datatype=tensor.datatype,
                                                   shape=tensor.shape)
+    if raw:
+        return out, encode_raw_tensor(tensor)
     if tensor.datatype == "FP32":
-        if raw:
-            return out, np.asarray(tensor.data, dtype="<f4").tobytes()
         out.contents.fp32_contents.extend(tensor.data)
     elif tensor.datatype == "BYTES":
-        items = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in tensor.data]
-        if raw:
-            return out, encode_raw_bytes(items)
-        out.contents.bytes_contents.extend(items)
+        out.contents.bytes_contents.extend(s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in tensor.data)
     else:  # a new output in service.oip needs its encoding here
         raise TypeError(f"no gRPC encoding for output {tensor.name!r} of datatype {tensor.datatype}")
     return out, None

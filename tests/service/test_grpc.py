@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from service import oip
+from service.oip import Tensor
 from service.dataplane import DataPlane
-from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.server import start_grpc_server
@@ -197,7 +198,7 @@ def test_stub_typed_contents_get_typed_outputs(stub, dataplane: DataPlane) -> No
 
 
 def test_stub_raw_contents_get_raw_outputs(stub, dataplane: DataPlane) -> None:
-    raw = codec.encode_raw_bytes([t.encode() for t in TEXTS])
+    raw = oip.encode_raw_tensor(Tensor("text", "BYTES", [len(TEXTS)], TEXTS))
     request = raw_request(raw, [4, 1])
     request.outputs.add(name="probabilities")
     request.outputs.add(name="label")
@@ -208,7 +209,7 @@ def test_stub_raw_contents_get_raw_outputs(stub, dataplane: DataPlane) -> None:
     probabilities = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(4, 2)
     expected = dataplane.classify_blocking(TEXTS)
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-5)
-    labels = codec.decode_raw_bytes(response.raw_output_contents[1], "label")
+    labels = oip.decode_bytes_elements(response.raw_output_contents[1], "label")
     assert [b.decode() for b in labels] == [p.label for p in expected.predictions]
 
 
@@ -216,8 +217,9 @@ def test_stub_raw_contents_get_raw_outputs(stub, dataplane: DataPlane) -> None:
     ("request_", "message"),
     [
         (raw_request(b"\x05\x00\x00\x00abc", [1]), "element 0 claims 5 bytes but 3 remain"),
-        (raw_request(codec.encode_raw_bytes([b"ok"]) + b"\x01\x00", [1]), "4-byte length prefix"),
-        (raw_request(codec.encode_raw_bytes([b"a", b"b"]), [3]), "shape [3] but 2 elements"),
+        (raw_request(oip.encode_raw_tensor(Tensor("text", "BYTES", [1], [b"ok"])) + b"\x01\x00", [1]),
+         "4-byte length prefix"),
+        (raw_request(oip.encode_raw_tensor(Tensor("text", "BYTES", [2], [b"a", b"b"])), [3]), "shape [3] but 2 elements"),
         (raw_request(b"\x00\x00\x80\x3f", [1], datatype="FP32"), "datatype FP32"),
         (typed_request([b"a", b"b"], [3]), "shape [3] but 2 elements"),
         (typed_request([b"\xc3\x28"]), "not valid UTF-8"),
@@ -240,7 +242,7 @@ def test_stub_bad_requests_are_invalid_with_a_reason(stub, request_: pb.ModelInf
 
 def test_stub_contents_and_raw_together_are_invalid(stub) -> None:
     request = typed_request([b"ok"])
-    request.raw_input_contents.append(codec.encode_raw_bytes([b"ok"]))
+    request.raw_input_contents.append(oip.encode_raw_tensor(Tensor("text", "BYTES", [1], [b"ok"])))
     error = rpc_error(stub.ModelInfer, request)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and "use one or the other" in error.details()
 

@@ -14,8 +14,10 @@ import pytest
 
 from service import rest_binary
 from service.errors import InvalidInputError
+from service import oip
 from service.oip import Tensor
 from tests.server_process import ServerProcess
+from tests.service.conftest import classify_columns
 
 MODEL = "sentiment"
 TEXTS = ["great phone, love it", "battery died after a day", "the screen cracked", "works as advertised"]
@@ -29,13 +31,7 @@ def server(served_registry: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def classified(server: ServerProcess) -> tuple[list[str], np.ndarray]:
-    """The /classify route's labels and probabilities (columns in the model's label order) for TEXTS."""
-    labels = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=30).json()["parameters"]["labels"]
-    response = httpx.post(f"{server.url}/classify", json={"texts": TEXTS}, timeout=30)
-    assert response.status_code == 200, response.text
-    predictions = response.json()["predictions"]
-    probabilities = [[p["probabilities"][label] for label in labels] for p in predictions]
-    return [p["label"] for p in predictions], np.array(probabilities, dtype=np.float32)
+    return classify_columns(server.url, MODEL, TEXTS)
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +192,9 @@ BLANK = bytes_elements([b" "])
         ([text_input(GOOD)], GOOD + b"xx", {},
          f"add up to {len(GOOD)} bytes but {len(GOOD) + 2} bytes follow"),
         ([text_input(GOOD)], GOOD[:-1], {}, f"add up to {len(GOOD)} bytes but {len(GOOD) - 1} bytes follow"),
-        ([text_input(b"\x02\x00")], b"\x02\x00", {}, "element 0: its 4-byte length is cut off"),
+        ([text_input(b"\x02\x00")], b"\x02\x00", {}, "element 0: its 4-byte length prefix is cut off"),
         ([text_input(b"\x09\x00\x00\x00abc")], b"\x09\x00\x00\x00abc", {},
-         "element 0 has length 9, past the end of the input's binary data (3 bytes left)"),
+         "element 0 claims 9 bytes but 3 remain"),
         ([text_input(NOT_UTF8, shape=[2])], NOT_UTF8, {}, "element 1 is not valid UTF-8"),
         ([text_input(GOOD, datatype="INT32")], GOOD, {}, "has binary_data_size but datatype INT32"),
         ([text_input(b"", parameters={"binary_data_size": -1})], b"", {}, "binary_data_size -1"),
@@ -255,9 +251,9 @@ def test_openapi_and_server_metadata_name_the_extension(server: ServerProcess) -
 def test_codec_round_trip_and_output_choice() -> None:
     texts = ["ünïcode", "", "plain"]
     raw = bytes_elements([t.encode() for t in texts])
-    assert rest_binary.decode_bytes_elements(raw, "text") == [t.encode() for t in texts]
-    assert rest_binary.encode_tensor(Tensor("label", "BYTES", [3], texts)) == raw
-    assert rest_binary.encode_tensor(Tensor("p", "FP32", [2], [0.25, -1.5])) == struct.pack("<2f", 0.25, -1.5)
+    assert oip.decode_bytes_elements(raw, "text") == [t.encode() for t in texts]
+    assert oip.encode_raw_tensor(Tensor("label", "BYTES", [3], texts)) == raw
+    assert oip.encode_raw_tensor(Tensor("p", "FP32", [2], [0.25, -1.5])) == struct.pack("<2f", 0.25, -1.5)
 
     class Out:
         def __init__(self, name: str, binary: bool | None) -> None:
