@@ -40,6 +40,7 @@ from pydantic import BaseModel
 from scipy.special import softmax
 from starlette.responses import JSONResponse
 
+from service.classify_schema import ClassifyResponse, PredictionOut
 from service.model import load_served_model
 from tuneloop.inference import plan_length_buckets
 from tuneloop.registry import Registry
@@ -68,18 +69,6 @@ class Row(BaseModel):
     truncated: bool
 
 
-class PredictionOut(BaseModel):
-    request_id: str
-    label: str
-    score: float
-    probabilities: dict[str, float]
-    truncated: bool
-
-
-class ClassifyResponse(BaseModel):
-    model_name: str
-    model_version: str
-    predictions: list[PredictionOut]
 
 
 @bentoml.service(

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 
 import bentoml
-from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from service import http_app
+from service.classify_schema import ClassifyResponse, PredictionOut
 from service.content_type import JsonBodyOnly
 from service.dataplane import track_request
 from service.errors import ServiceError
@@ -23,18 +23,6 @@ log = logging.getLogger(__name__)
 SETTINGS = get_settings()
 
 
-class PredictionOut(BaseModel):
-    request_id: str
-    label: str
-    score: float
-    probabilities: dict[str, float]
-    truncated: bool
-
-
-class ClassifyResponse(BaseModel):
-    model_name: str
-    model_version: str
-    predictions: list[PredictionOut]
 
 
 def http_error(exc: ServiceError) -> JSONResponse:
