@@ -5,12 +5,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
 from service.dataplane import DataPlane
 from service.swap import ModelManager
 from tuneloop.registry import Registry
 from tuneloop.settings import load_settings
+
+
+def classify_columns(url: str, model: str, texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """What ``/classify`` answers for ``texts``: the labels, and the probabilities with columns in the
+    model's label order (as the OIP outputs have them), to check the other transports against."""
+    labels = httpx.get(f"{url}/v2/models/{model}", timeout=30).json()["parameters"]["labels"]
+    response = httpx.post(f"{url}/classify", json={"texts": texts}, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    probabilities = [[p["probabilities"][label] for label in labels] for p in predictions]
+    return [p["label"] for p in predictions], np.array(probabilities, dtype=np.float32)
 
 
 def start_dataplane(registry_root: Path, *, load: bool = True) -> DataPlane:

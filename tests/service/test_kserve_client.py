@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import AMAZON, ROOT, read_sentences
 from tests.server_process import ServerProcess
+from tests.service.conftest import classify_columns
 
 KSERVE_CLIENT = Path(sys.prefix) / "kserve-client"  # .venv/kserve-client, installed by `make setup`
 MODEL = "sentiment"
@@ -63,13 +64,7 @@ def kserve(server: ServerProcess, texts: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def classified(server: ServerProcess, texts: list[str]) -> tuple[list[str], np.ndarray]:
-    """The /classify route's labels and probabilities (columns in the model's label order) for the texts."""
-    labels = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=30).json()["parameters"]["labels"]
-    response = httpx.post(f"{server.url}/classify", json={"texts": texts}, timeout=30)
-    assert response.status_code == 200, response.text
-    predictions = response.json()["predictions"]
-    probabilities = [[p["probabilities"][label] for label in labels] for p in predictions]
-    return [p["label"] for p in predictions], np.array(probabilities, dtype=np.float32)
+    return classify_columns(server.url, MODEL, texts)
 
 
 def ok(result: dict) -> dict:
