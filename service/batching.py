@@ -8,7 +8,7 @@ buckets, so short texts are not padded to the length of a long one.
 We batch ourselves rather than with BentoML's ``batchable`` API, for two reasons. The gRPC server runs
 beside BentoML, outside its dispatcher: one batcher is the only way for HTTP and gRPC traffic to share
 batches. And it measured better: the same model and length buckets behind ``batchable``
-(bench/batchable_service.py) served 0.6–0.7× this batcher's throughput at concurrency 8 and 32, and a
+(bench/batchable_service.py) served 0.56–0.73× this batcher's throughput at concurrency 8 and 32, and a
 lone request waits for BentoML's dispatcher to re-learn its queue after a burst (bench/RESULTS.md).
 """
 
