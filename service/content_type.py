@@ -17,7 +17,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 JSON_ROUTES = ("/classify", "/feedback", "/v2/models/")
 ACCEPTED = ("application/json", "")  # a missing Content-Type is read as JSON
 INFER_ROUTE = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
-ACCEPTED_ON_INFER = (*ACCEPTED, "application/octet-stream")
+OCTET_STREAM = "application/octet-stream"
+ACCEPTED_ON_INFER = (*ACCEPTED, OCTET_STREAM)
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare media type of a Content-Type header value ("" when there is none)."""
+    return (content_type or "").split(";")[0].strip().lower()
 
 
 class JsonBodyOnly:
@@ -27,13 +33,13 @@ class JsonBodyOnly:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(JSON_ROUTES):
             headers = dict(scope["headers"])
-            media_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+            sent = media_type(headers.get(b"content-type", b"").decode("latin-1"))
             infer = INFER_ROUTE.fullmatch(scope["path"]) is not None
-            if media_type not in (ACCEPTED_ON_INFER if infer else ACCEPTED):
+            if sent not in (ACCEPTED_ON_INFER if infer else ACCEPTED):
                 advice = ("send application/json, or application/octet-stream with "
                           "Inference-Header-Content-Length (the binary tensor data extension)"
                           if infer else "send application/json")
-                body = json.dumps({"error": f"unsupported Content-Type {media_type!r}: {advice}"})
+                body = json.dumps({"error": f"unsupported Content-Type {sent!r}: {advice}"})
                 await send({"type": "http.response.start", "status": 415,
                             "headers": [(b"content-type", b"application/json")]})
                 await send({"type": "http.response.body", "body": body.encode()})

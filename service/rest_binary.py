@@ -32,11 +32,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from service.content_type import OCTET_STREAM, media_type
 from service.errors import InvalidInputError
 from service.oip import Tensor, decode_bytes_elements, encode_raw_tensor
 
 HEADER_LENGTH = "inference-header-content-length"
-OCTET_STREAM = "application/octet-stream"
 
 
 class InputSpec(Protocol):
@@ -52,10 +52,6 @@ class InputSpec(Protocol):
 class OutputSpec(Protocol):
     name: str
     parameters: dict[str, Any] | None
-
-
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";")[0].strip().lower()
 
 
 def is_binary_request(headers: Mapping[str, str]) -> bool:
