@@ -10,7 +10,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -109,21 +108,12 @@ class DataPlane:
                 raise TextTooLongError(f"texts[{i}] has {n} tokens; the model reads at most {limit} "
                                        "(the server is set to reject, not truncate, longer texts)")
 
-    def _submit(self, texts: object) -> tuple[list[str], Future, float]:
-        """Validate and queue; both the async and the blocking entry point start here."""
+    async def classify(self, texts: object) -> ClassifyResult:
         checked = self.validate(texts)
         if self.settings.on_too_long == "reject":
             self._reject_over_token_limit(checked)
-        return checked, self.batcher.submit(checked), time.perf_counter()
-
-    async def classify(self, texts: object) -> ClassifyResult:
-        checked, future, started = self._submit(texts)
-        return self._finish(checked, await asyncio.wrap_future(future), started)
-
-    def classify_blocking(self, texts: object, timeout: float = 60.0) -> ClassifyResult:
-        """For transports that run in threads (gRPC)."""
-        checked, future, started = self._submit(texts)
-        return self._finish(checked, future.result(timeout=timeout), started)
+        started = time.perf_counter()
+        return self._finish(checked, await asyncio.wrap_future(self.batcher.submit(checked)), started)
 
     def _finish(self, texts: list[str], output: BatchOutput, started: float) -> ClassifyResult:
         labels = output.model.labels

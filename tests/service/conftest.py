@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.dataplane import DataPlane
+from service.dataplane import ClassifyResult, DataPlane
 from service.swap import ModelManager
 from tuneloop.registry import Registry
 from tuneloop.settings import load_settings
@@ -24,6 +25,11 @@ def classify_columns(url: str, model: str, texts: list[str]) -> tuple[list[str],
     predictions = response.json()["predictions"]
     probabilities = [[p["probabilities"][label] for label in labels] for p in predictions]
     return [p["label"] for p in predictions], np.array(probabilities, dtype=np.float32)
+
+
+def classify_now(plane: DataPlane, texts: list[str]) -> ClassifyResult:
+    """One classification through the in-process DataPlane, from synchronous test code."""
+    return asyncio.run(plane.classify(texts))
 
 
 def start_dataplane(registry_root: Path, *, load: bool = True) -> DataPlane:

@@ -17,7 +17,7 @@ from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.server import start_grpc_server
 from tests.server_process import free_port
-from tests.service.conftest import start_dataplane
+from tests.service.conftest import classify_now, start_dataplane
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -105,7 +105,7 @@ def test_triton_health_and_metadata(triton) -> None:
 @pytest.mark.parametrize("shape", [[4], [4, 1]])
 def test_triton_infer_matches_the_dataplane(triton, dataplane: DataPlane, shape: list[int]) -> None:
     result = triton.infer("sentiment", [texts_input(TEXTS, shape)], request_id="req-7")
-    expected = dataplane.classify_blocking(TEXTS)
+    expected = classify_now(dataplane, TEXTS)
     probabilities = result.as_numpy("probabilities")
     assert probabilities.dtype == np.float32 and probabilities.shape == (4, 2)
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-5)
@@ -191,7 +191,7 @@ def test_stub_typed_contents_get_typed_outputs(stub, dataplane: DataPlane) -> No
     outputs = {o.name: o for o in response.outputs}
     assert list(outputs["probabilities"].shape) == [4, 2]
     probabilities = np.array(outputs["probabilities"].contents.fp32_contents, dtype=np.float32).reshape(4, 2)
-    expected = dataplane.classify_blocking(TEXTS)
+    expected = classify_now(dataplane, TEXTS)
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-5)
     labels = [b.decode() for b in outputs["label"].contents.bytes_contents]
     assert labels == [p.label for p in expected.predictions]
@@ -207,7 +207,7 @@ def test_stub_raw_contents_get_raw_outputs(stub, dataplane: DataPlane) -> None:
     assert len(response.raw_output_contents) == 2
     assert not response.outputs[0].HasField("contents")
     probabilities = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(4, 2)
-    expected = dataplane.classify_blocking(TEXTS)
+    expected = classify_now(dataplane, TEXTS)
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-5)
     labels = oip.decode_bytes_elements(response.raw_output_contents[1], "label")
     assert [b.decode() for b in labels] == [p.label for p in expected.predictions]

@@ -13,6 +13,7 @@ from service.dataplane import DataPlane
 from service.errors import TextTooLongError
 from service.swap import ModelManager
 from tests.server_process import ServerProcess
+from tests.service.conftest import classify_now
 from tuneloop.registry import Registry
 from tuneloop.settings import ServingSettings
 
@@ -121,9 +122,9 @@ def test_reject_mode_refuses_texts_over_the_token_limit(served_registry: Path) -
     plane = DataPlane(manager, manager.settings)
     plane.start()
     try:
-        assert plane.classify_blocking(["short enough"]).model_version == "v1"
+        assert classify_now(plane, ["short enough"]).model_version == "v1"
         with pytest.raises(TextTooLongError, match=r"texts\[1\] has \d+ tokens; the model reads at most 32") as err:
-            plane.classify_blocking(["fine", "word " * 100])
+            classify_now(plane, ["fine", "word " * 100])
         assert err.value.status == 413
     finally:
         plane.stop()
