@@ -158,17 +158,21 @@ def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
 Measure = Callable[[int, int], dict[str, float]]  # (concurrency, seconds) -> rps, p50_ms, p99_ms, errors
 
 
+def _own_and_children_cpu_seconds() -> float:
+    """This process's CPU (an in-process load generator) plus that of its finished children (wrk)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def with_cpu(run: Measure, processes: dict[str, int]) -> Measure:
     """``run``, plus the CPU spent per request by each named process tree (``<name>_cpu_ms``) and by the
     load generator (``client_cpu_ms``: wrk as a child, or the grpc.aio client in this process). On two
     shared cores CPU per request is steadier than throughput, and it shows where the cores went."""
     def measured(concurrency: int, seconds: int) -> dict[str, float]:
         before = {name: tree_cpu_seconds(pid) for name, pid in processes.items()}
-        client_before = time.process_time() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime \
-            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        client_before = _own_and_children_cpu_seconds()
         result = run(concurrency, seconds)
-        client_after = time.process_time() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime \
-            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        client_after = _own_and_children_cpu_seconds()
         requests = max(1.0, result["rps"] * seconds)
         for name, pid in processes.items():
             result[f"{name}_cpu_ms"] = (tree_cpu_seconds(pid) - before[name]) / requests * 1000
