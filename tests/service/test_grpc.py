@@ -8,19 +8,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as tritonclient_grpc  # the dev extra installs it: no skip to hide its absence
 from prometheus_client import REGISTRY
+from tritonclient.utils import InferenceServerException
 
 from service import oip
-from service.oip import Tensor
 from service.dataplane import DataPlane
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.server import start_grpc_server
+from service.oip import Tensor
 from tests.server_process import free_port
 from tests.service.conftest import classify_now, start_dataplane
-
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 TEXTS = ["great phone, love it", "battery died after a day", "works as advertised", "the screen cracked"]
 
