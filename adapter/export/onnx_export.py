@@ -20,7 +20,8 @@ ONNX_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model.int8.onnx", "fp16":
 
 def export_raw(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, opset: int) -> None:
     wrapper = ClassifierWithEmbedding(model.eval()).eval()
-    sample = tokenizer(["a short sample", "a slightly longer sample sentence"], padding=True, return_tensors="pt")
+    sample = tokenizer(["a short sample", "a slightly longer sample sentence"], padding=True,
+                       return_tensors="pt").to(model.device)  # the tracer needs inputs where the weights are
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic.update({"logits": {0: "batch"}, "embedding": {0: "batch"}})

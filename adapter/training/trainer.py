@@ -179,6 +179,7 @@ def predict_torch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
                   max_length: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Logits and sentence embeddings for ``texts``, in their order; batches sorted by length."""
     wrapper = ClassifierWithEmbedding(model).eval()
+    device = model.device  # the GPU where training ran on one
     order = np.argsort([len(t) for t in texts], kind="stable")
     logits_out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
     emb_out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
@@ -186,7 +187,9 @@ def predict_torch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
         idx = order[start:start + batch_size]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt")
-        logits, embedding = wrapper(**{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+        logits, embedding = wrapper(**{k: v.to(device) for k, v in enc.items()
+                                       if k in ("input_ids", "attention_mask", "token_type_ids")})
+        logits, embedding = logits.float().cpu(), embedding.float().cpu()
         for row, i in enumerate(idx):
             logits_out[i] = logits[row].numpy()
             emb_out[i] = embedding[row].numpy()
