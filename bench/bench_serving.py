@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import AMAZON, IMDB, YELP, read_sentences  # noqa: E402
 from tests.server_process import ServerProcess, free_port, tree_cpu_seconds  # noqa: E402
-from tuneloop.inference import OnnxTextClassifier, plan_length_buckets  # noqa: E402
+from tuneloop.inference import OnnxTextClassifier  # noqa: E402
 from tuneloop.registry import Registry, State  # noqa: E402
-from tuneloop.settings import ServingSettings  # noqa: E402
+from tuneloop.settings import get_settings  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 
@@ -80,7 +80,7 @@ def raw_session(registry_root: Path, version: str, texts: list[str], sort: bool)
             clf.run(clf.encode(chunk))
             return
         tokens = clf.tokenize(chunk)
-        for idx in plan_length_buckets(tokens.lengths(), len(chunk), ServingSettings().bucket_run_overhead_tokens):
+        for idx in clf.plan_buckets(tokens, len(chunk), get_settings().serving.bucket_run_overhead_tokens):
             clf.run(clf.feeds([tokens.ids[i] for i in idx]))
 
     def run(batch: int, seconds: int) -> dict[str, float]:

@@ -27,7 +27,6 @@ from scipy.special import softmax
 
 from service.metrics import BATCH_SIZE, INFERENCE_DURATION, PREDICTIONS
 from service.model import ServedModel
-from tuneloop.inference import plan_length_buckets
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class _Pending:
 
 class MicroBatcher:
     def __init__(self, current_model: Callable[[], ServedModel], max_batch_size: int = 32,
-                 max_latency_ms: float = 2.0, run_overhead_tokens: int = 16) -> None:
+                 max_latency_ms: float = 2.0, run_overhead_tokens: int | None = None) -> None:
         self._current_model = current_model
         self.run_overhead_tokens = run_overhead_tokens
         self.max_batch_size = max_batch_size
@@ -135,7 +134,7 @@ class MicroBatcher:
         tokens = clf.tokenize(texts)  # once for the whole batch; padding happens per bucket
         logits = np.empty((len(texts), len(model.labels)), dtype=np.float32)
         embeddings: np.ndarray | None = None
-        for idx in plan_length_buckets(tokens.lengths(), self.max_batch_size, self.run_overhead_tokens):
+        for idx in clf.plan_buckets(tokens, self.max_batch_size, self.run_overhead_tokens):
             feeds = clf.feeds([tokens.ids[i] for i in idx])
             began = time.perf_counter()
             bucket_logits, bucket_emb = clf.run(feeds)

@@ -74,6 +74,13 @@ class Tokenized:
         return np.fromiter((len(i) for i in self.ids), dtype=np.int64, count=len(self.ids))
 
 
+# What one session run costs beyond its rows, in padded tokens, by provider (bench/RESULTS.md). On two CPU
+# cores a run costs about what 16 tokens do, so splitting a batch by length pays. On an H100 a run of 32
+# texts × 128 tokens costs barely more than one of a few short texts: splitting only multiplies the runs
+# (3.5× fewer texts/s measured with the CPU's figure), so at this size a batch is never split there.
+RUN_OVERHEAD_TOKENS = {"CPUExecutionProvider": 16, "CUDAExecutionProvider": 4096}
+
+
 def plan_length_buckets(lengths: np.ndarray, max_batch: int, run_overhead_tokens: int = 16) -> list[np.ndarray]:
     """Cut texts into batches that waste little padding.
 
@@ -121,6 +128,13 @@ class OnnxTextClassifier:
             log.warning("asked for %s but ONNX Runtime runs %s on %s (see its log for why)",
                         providers[0], onnx_path, self.provider)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self.run_overhead_tokens = RUN_OVERHEAD_TOKENS.get(self.provider, 16)
+
+    def plan_buckets(self, tokens: Tokenized, max_batch: int, run_overhead_tokens: int | None = None
+                     ) -> list[np.ndarray]:
+        """``plan_length_buckets`` with this session's provider's run overhead unless one is given."""
+        overhead = self.run_overhead_tokens if run_overhead_tokens is None else run_overhead_tokens
+        return plan_length_buckets(tokens.lengths(), max_batch, overhead)
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         limit = self.max_length
@@ -174,7 +188,7 @@ class OnnxTextClassifier:
         """Logits and embeddings for ``texts`` in order, batched by length to keep padding small."""
         tokens = self.tokenize(texts)
         chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for idx in plan_length_buckets(tokens.lengths(), batch_size):
+        for idx in self.plan_buckets(tokens, batch_size):
             batch_logits, batch_emb = self.run(self.feeds([tokens.ids[i] for i in idx]))
             chunks.append((idx, batch_logits, batch_emb))
         n_labels = chunks[0][1].shape[1]

@@ -67,7 +67,8 @@ class ServingSettings(BaseModel):
     max_latency_ms: float = Field(2.0, ge=0, description="longest a batch waits for more requests")
     intra_op_threads: int = Field(0, ge=0, description="0: one per core")
     ort_spinning: bool = True
-    bucket_run_overhead_tokens: int = Field(16, ge=0, description="see tuneloop.inference.plan_length_buckets")
+    bucket_run_overhead_tokens: int | None = Field(
+        None, ge=0, description="None: the provider's measured figure, tuneloop.inference.RUN_OVERHEAD_TOKENS")
     poll_interval_s: float = Field(2.0, gt=0)
     precision: Literal["auto", "fp32", "int8", "fp16"] = "auto"
     provider: Literal["auto", "cuda", "cpu"] = "auto"
