@@ -73,7 +73,16 @@ def raw_session(registry_root: Path, version: str, texts: list[str], sort: bool)
     batcher plans: the session alone on the service's own work."""
     opened = Registry(registry_root).open_version(version)
     clf = OnnxTextClassifier(opened.onnx_path(), opened.tokenizer_dir, max_length=opened.card.max_length)
-    ordered = sorted(texts, key=len) if sort else texts
+
+    def batches(size: int) -> list[list[str]]:
+        if not sort:
+            return [texts[i:i + size] for i in range(0, len(texts) - size + 1, size)]
+        by_length = sorted(texts, key=len)
+        cut = [by_length[i:i + size] for i in range(0, len(by_length) - size + 1, size)]
+        # Shuffled, so that a cell of a few seconds meets the corpus's mix of lengths, as the servers
+        # do, and not only its shortest texts.
+        random.Random(size).shuffle(cut)
+        return cut
 
     def infer(chunk: list[str]) -> None:
         if sort:
@@ -85,10 +94,11 @@ def raw_session(registry_root: Path, version: str, texts: list[str], sort: bool)
 
     def run(batch: int, seconds: int) -> dict[str, float]:
         latencies, done, i = [], 0, 0
+        chunks = batches(batch)
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
-            chunk = ordered[i:i + batch] if i + batch <= len(ordered) else ordered[:batch]
-            i = (i + batch) % len(ordered)
+            chunk = chunks[i % len(chunks)]
+            i += 1
             t0 = time.perf_counter()
             infer(chunk)
             latencies.append(time.perf_counter() - t0)
