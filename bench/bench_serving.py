@@ -1,6 +1,6 @@
 """Serving throughput and latency, side by side in one run.
 
-    .venv/bin/python bench/bench_serving.py [--registry PATH] [--duration 10]
+    .venv/bin/python bench/bench_serving.py [--registry PATH] [--duration 10] [--variants raw,http,grpc,naive]
 
 Compares, on the same texts (one per request, real amazon/yelp/imdb sentences):
   raw    ONNX Runtime called in-process, texts sorted by length, batches as large as the concurrency;
@@ -11,7 +11,9 @@ Compares, on the same texts (one per request, real amazon/yelp/imdb sentences):
          (@bentoml.api(batchable=True), bench/batchable_service.py) instead of tuneloop's micro-batcher;
   grpc   tuneloop serve, OIP v2 ModelInfer, load from a grpc.aio client at the same concurrencies;
   naive  a transformers PyTorch model behind BentoML answering each request as it comes.
-Writes bench/results/serving.md.
+Every variant runs on the provider and precision the service would choose: CUDA and the fp16 graph where a
+GPU and onnxruntime-gpu are there (and PyTorch on the GPU for naive), the CPU and fp32 otherwise.
+Writes bench/results/serving.md (or --out).
 """
 
 from __future__ import annotations
@@ -37,20 +39,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import AMAZON, IMDB, YELP, read_sentences  # noqa: E402
+from service.model import choose_precision  # noqa: E402
 from tests.server_process import ServerProcess, free_port, tree_cpu_seconds  # noqa: E402
-from tuneloop.inference import OnnxTextClassifier  # noqa: E402
+from tuneloop.inference import OnnxTextClassifier, choose_providers  # noqa: E402
 from tuneloop.registry import Registry, State  # noqa: E402
 from tuneloop.settings import get_settings  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+VARIANTS = ("raw", "raw-arrival", "http", "http-batchable", "grpc", "http+bentoml-obs", "naive")
 
 
 def ensure_model(registry_root: Path) -> str:
     registry = Registry(registry_root)
     if registry.production():
         return registry.production()
+    # With a GPU the service serves the fp16 graph, so the benchmark model must have one.
+    fp16 = ["--fp16"] if choose_providers()[0] == "CUDAExecutionProvider" else []
     subprocess.run([str(Path(sys.executable).parent / "tuneloop"), "train", "--data", str(AMAZON), "--registry",
-                    str(registry_root), "--epochs", "1", "--max-length", "128", "--no-progress"], check=True)
+                    str(registry_root), "--epochs", "1", "--max-length", "128", "--no-progress", *fp16], check=True)
     version = registry.list_versions()[-1].version
     registry.transition(version, State.APPROVED, "bench", "benchmark model")
     registry.promote(version, "bench", "benchmark model")
@@ -72,7 +78,10 @@ def raw_session(registry_root: Path, version: str, texts: list[str], sort: bool)
     order the load generators send them and cuts each batch into the same length buckets the service's
     batcher plans: the session alone on the service's own work."""
     opened = Registry(registry_root).open_version(version)
-    clf = OnnxTextClassifier(opened.onnx_path(), opened.tokenizer_dir, max_length=opened.card.max_length)
+    providers = choose_providers()
+    precision = choose_precision("auto", providers, opened.card.onnx_files)
+    clf = OnnxTextClassifier(opened.onnx_path(precision), opened.tokenizer_dir, max_length=opened.card.max_length,
+                             providers=providers)
 
     def batches(size: int) -> list[list[str]]:
         if not sort:
@@ -240,6 +249,16 @@ def start_batchable(registry_root: Path, version: str, log: Path) -> tuple[subpr
                        {"BATCHABLE_REGISTRY": str(registry_root), "BATCHABLE_VERSION": version}, log)
 
 
+def gpu_name() -> str:
+    """", NVIDIA H100 80GB HBM3" where nvidia-smi answers, "" otherwise."""
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=30, check=True).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f", {found[0]}" if found else ""
+
+
 def stop(proc: subprocess.Popen) -> None:
     import signal
 
@@ -253,7 +272,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.md")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of the tuneloop service")
+    parser.add_argument("--variants", type=lambda v: v.split(","), default=list(VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}; the ceiling needs raw or raw-arrival")
     args = parser.parse_args()
+    if unknown := set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    if not set(args.variants) & {"raw", "raw-arrival"}:
+        parser.error("name raw or raw-arrival among --variants: the table divides by the raw session's best cell")
     if not shutil.which("wrk"):
         sys.exit("wrk is needed for the HTTP load: apt-get install wrk")
     version = ensure_model(args.registry)
@@ -264,39 +290,57 @@ def main() -> None:
     bodies.write_text("".join(json.dumps({"texts": [t]}) + "\n" for t in texts))
 
     observed = {"TUNELOOP_SERVING__BENTOML_METRICS": "true", "TUNELOOP_SERVING__TRACING": "true"}
-    service = ServerProcess(args.registry, work / "service.log").start()
-    service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
-    naive, naive_url = start_naive(Registry(args.registry).open_version(version).path, work / "naive.log")
-    batchable, batchable_url = start_batchable(args.registry, version, work / "batchable.log")
-    measure = {
-        "raw": with_cpu(raw_session(args.registry, version, texts, sort=True), {}),
-        "raw-arrival": with_cpu(raw_session(args.registry, version, texts, sort=False), {}),
-        "http": with_cpu(lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
-                         {"server": service.proc.pid}),
-        "http-batchable": with_cpu(lambda c, d: run_wrk(batchable_url, bodies, c, d), {"server": batchable.pid}),
-        "grpc": with_cpu(lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
-                         {"server": service.proc.pid}),
-        "http+bentoml-obs": with_cpu(lambda c, d: run_wrk(f"{service_obs.url}/classify", bodies, c, d),
-                                     {"server": service_obs.proc.pid}),
-        "naive": with_cpu(lambda c, d: run_wrk(naive_url, bodies, c, d), {"server": naive.pid}),
-    }
+    wanted = set(args.variants)
+    started: list[Callable[[], None]] = []  # how to stop each server, in start order
+    measure: dict[str, Measure] = {}
     try:
+        for variant in VARIANTS:  # the table keeps this order whatever order --variants names
+            if variant not in wanted:
+                continue
+            if variant in ("raw", "raw-arrival"):
+                measure[variant] = with_cpu(raw_session(args.registry, version, texts, sort=variant == "raw"), {})
+            elif variant in ("http", "grpc"):
+                if not any(v in measure for v in ("http", "grpc")):
+                    service = ServerProcess(args.registry, work / "service.log",
+                                            args=["--workers", str(args.workers)]).start()
+                    started.append(service.stop)
+                if variant == "http":
+                    measure[variant] = with_cpu(lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
+                                                {"server": service.proc.pid})
+                else:
+                    measure[variant] = with_cpu(
+                        lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
+                        {"server": service.proc.pid})
+            elif variant == "http+bentoml-obs":
+                service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
+                started.append(service_obs.stop)
+                measure[variant] = with_cpu(lambda c, d: run_wrk(f"{service_obs.url}/classify", bodies, c, d),
+                                            {"server": service_obs.proc.pid})
+            elif variant == "http-batchable":
+                batchable, batchable_url = start_batchable(args.registry, version, work / "batchable.log")
+                started.append(lambda proc=batchable: stop(proc))
+                measure[variant] = with_cpu(lambda c, d: run_wrk(batchable_url, bodies, c, d), {"server": batchable.pid})
+            elif variant == "naive":
+                naive, naive_url = start_naive(Registry(args.registry).open_version(version).path, work / "naive.log")
+                started.append(lambda proc=naive: stop(proc))
+                measure[variant] = with_cpu(lambda c, d: run_wrk(naive_url, bodies, c, d), {"server": naive.pid})
         rows = interleaved_rounds(measure, CONCURRENCY, args.rounds, args.duration)
     finally:
-        service.stop()
-        service_obs.stop()
-        stop(naive)
-        stop(batchable)
+        for stop_server in started:
+            stop_server()
     # How BentoML's dispatcher formed the batches (logged by the service when it stops).
-    print(*(line for line in (work / "batchable.log").read_text(errors="replace").splitlines()
-            if "batches by size" in line), sep="\n")
+    if "http-batchable" in measure:
+        print(*(line for line in (work / "batchable.log").read_text(errors="replace").splitlines()
+                if "batches by size" in line), sep="\n")
 
     # The ceiling is the raw session's best cell, sorted or in arrival order with the service's buckets.
-    best_raw = max(cell["rps"] for path in ("raw", "raw-arrival") for cell in rows[path].values())
+    best_raw = max(cell["rps"] for path in ("raw", "raw-arrival") if path in rows for cell in rows[path].values())
+    providers = choose_providers()
+    precision = choose_precision("auto", providers, Registry(args.registry).card(version).onnx_files)
     lines = [
-        f"Model {version} (MiniLM-L6 fine-tuned, fp32 fused graph, CPU execution provider), "
+        f"Model {version} (MiniLM-L6 fine-tuned, {precision} fused graph, {providers[0]}{gpu_name()}), "
         f"{os.cpu_count()} cores, one text per request, {len(texts)} real sentences, {args.duration} s per cell, "
-        f"median of {args.rounds} interleaved rounds; load from wrk (HTTP) and a grpc.aio client on the same machine.",
+        f"median of {args.rounds} interleaved rounds, {args.workers} service worker(s); load from wrk (HTTP) and a grpc.aio client on the same machine.",
         "",
         "`raw` is ONNX Runtime called in this process on the texts sorted by length, the concurrency's number of "
         "texts a batch (its p50/p99 are per batch). `raw-arrival` is the same session on the texts in the order "
@@ -310,11 +354,11 @@ def main() -> None:
     for path in measure:
         for c in CONCURRENCY:
             r = rows[path][c]
-            vs_naive = r["rps"] / rows["naive"][c]["rps"]
+            vs_naive = f"{r['rps'] / rows['naive'][c]['rps']:.2f}" if "naive" in rows else "—"
             server_cpu, client_cpu = ((r["client_cpu_ms"], "—") if path.startswith("raw")
                                       else (r["server_cpu_ms"], f"{r['client_cpu_ms']:.2f}"))
             lines.append(f"| {path} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                         f"{int(r['errors'])} | {r['rps'] / best_raw:.2f} | {vs_naive:.2f} | "
+                         f"{int(r['errors'])} | {r['rps'] / best_raw:.2f} | {vs_naive} | "
                          f"{server_cpu:.2f} | {client_cpu} |")
     table = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
