@@ -1,8 +1,27 @@
-"""Errors of the serving path. Each carries the HTTP status and gRPC code its edge answers with."""
+"""Errors of the serving path. Each carries the HTTP status and gRPC code its edge answers with; every HTTP
+route answers one as ``{"error": message}``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
+from typing import Any
+
+from pydantic import BaseModel
+
+# A list of 10 000 numbers where strings belong is 10 000 problems; the first few say what is wrong.
+MAX_PROBLEMS = 5
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """pydantic's (or FastAPI's) validation errors as one line: where each is, then what it is."""
+    problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in errors]
+    more = len(problems) - MAX_PROBLEMS
+    return "; ".join(problems[:MAX_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
 
 
 class ServiceError(Exception):

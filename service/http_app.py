@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 import tuneloop
 from service import feedback, rest_oip
-from service.errors import ServiceError
+from service.errors import ServiceError, describe_validation_errors
 from service.metrics import render_metrics
 
 app = FastAPI(title="tuneloop — Open Inference Protocol v2", version=tuneloop.__version__,
@@ -26,7 +26,7 @@ async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    problems = describe_validation_errors(exc.errors())
     return JSONResponse({"error": f"invalid request: {problems}"}, status_code=400)
 
 

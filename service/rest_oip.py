@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 import tuneloop
 from service import rest_binary
 from service.dataplane import DataPlane, track_request
-from service.errors import InvalidInputError, ModelNotReadyError
+from service.errors import ErrorResponse, InvalidInputError, ModelNotReadyError, describe_validation_errors
 from service.oip import (OUTPUT_NAMES, Tensor, check_requested_outputs, model_metadata, output_tensors,
                          server_metadata, texts_from_inputs)
 
@@ -70,10 +70,6 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-class ErrorResponse(BaseModel):
-    error: str
-
-
 def dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
@@ -109,10 +105,6 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     return {"name": served.model_name, "ready": True}
 
 
-def _problems(errors) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-
-
 async def _read_binary(request: Request) -> tuple[InferenceRequest, list[Tensor]]:
     """A body in the binary tensor data extension: its JSON header, and its inputs as Tensors."""
     header_length = request.headers.get(rest_binary.HEADER_LENGTH)
@@ -120,7 +112,8 @@ async def _read_binary(request: Request) -> tuple[InferenceRequest, list[Tensor]
     try:
         body = BinaryInferenceRequest.model_validate(header)
     except ValidationError as exc:
-        raise InvalidInputError(f"invalid inference header: {_problems(exc.errors())}") from None
+        problems = describe_validation_errors(exc.errors())
+        raise InvalidInputError(f"invalid inference header: {problems}") from None
     return body, rest_binary.decode_inputs(body.inputs, data)
 
 
