@@ -1,12 +1,17 @@
-"""The ``POST /classify`` response, as pydantic models: BentoML derives the route's OpenAPI schema from them.
+"""The ``POST /classify`` request and response, as pydantic models: they parse and write the route's JSON, and
+its OpenAPI schema is derived from them.
 
-Kept apart from service/service.py, which builds the BentoML service when imported, so that other code (the
-benchmark's ``batchable`` variant) answers with the same models without starting a service.
+Kept apart from the route (service/classify.py) so that other code (the benchmark's ``batchable`` variant)
+answers with the same models without importing the service.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel
+
+
+class ClassifyRequest(BaseModel):
+    texts: list[str]
 
 
 class PredictionOut(BaseModel):

@@ -11,7 +11,7 @@ import typer
 
 
 def serve(
-    port: Annotated[int, typer.Option(help="HTTP port (BentoML API, Open Inference Protocol REST, /metrics).")] = 3000,
+    port: Annotated[int, typer.Option(help="HTTP port (/classify, Open Inference Protocol REST, /metrics).")] = 3000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (Open Inference Protocol v2); 0 turns it off.")] = 8001,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
     version: Annotated[Optional[str], typer.Option(help="Serve this version instead of following production.")] = None,

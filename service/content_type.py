@@ -1,7 +1,7 @@
 """Refuse request bodies the APIs cannot read, before any parser sees them.
 
-BentoML tries to parse whatever Content-Type arrives and answers a malformed multipart header with
-a 500; a client that sent the wrong media type deserves a 415 that says what to send instead.
+A client that sent the wrong media type deserves a 415 that says what to send instead, not a parse
+error about a body it never meant as JSON.
 The OIP infer routes also read ``application/octet-stream``: the binary tensor data extension
 (service/rest_binary.py), which Triton's and KServe's REST clients send by default. Every other route
 takes JSON only.

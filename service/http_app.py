@@ -1,6 +1,7 @@
-"""The HTTP routes beside BentoML's ``/classify`` API: the Open Inference Protocol v2 REST routes,
-``/feedback`` and ``/metrics``. Mounted at the root of the BentoML service, whose own routes match first (a mount at
-``/v2`` could not answer ``GET /v2`` itself, the protocol's server-metadata route)."""
+"""The service's HTTP routes: ``/classify``, the Open Inference Protocol v2 REST routes, ``/feedback`` and
+``/metrics``. Mounted at the root of the BentoML service, whose own routes (``/readyz``, ``/livez``,
+``/docs.json``) match first (a mount at ``/v2`` could not answer ``GET /v2`` itself, the protocol's
+server-metadata route)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 import tuneloop
-from service import feedback, rest_oip
+from service import classify, feedback, rest_oip
 from service.errors import ServiceError, describe_validation_errors
 from service.metrics import render_metrics
 
-app = FastAPI(title="tuneloop — Open Inference Protocol v2", version=tuneloop.__version__,
+app = FastAPI(title="tuneloop — classify and Open Inference Protocol v2", version=tuneloop.__version__,
               openapi_url="/v2/openapi.json", docs_url="/v2/docs", redoc_url=None)
+app.include_router(classify.router)
 app.include_router(rest_oip.router)
 app.include_router(feedback.router)
 

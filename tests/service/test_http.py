@@ -85,7 +85,7 @@ GOOD = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["fine"]}
         ("/classify", b'{"texts": ["\xff\xfe"]}', 400, "Invalid JSON"),  # invalid UTF-8
         ("/classify", {"texts": "just a string"}, 400, "valid array"),
         ("/classify", {"texts": [1, 2]}, 400, "valid string"),
-        ("/classify", {"wrong": ["x"]}, 400, "missing"),
+        ("/classify", {"wrong": ["x"]}, 400, "texts: Field required"),
         ("/classify", {"texts": []}, 400, "'texts' is empty"),
         ("/classify", {"texts": ["ok", "   "]}, 400, "texts[1] is empty or only whitespace"),
         ("/classify", {"texts": ["x"] * 65}, 400, "the limit is 64"),
