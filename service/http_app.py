@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tuneloop
 from service import classify, feedback, rest_oip
@@ -24,6 +25,18 @@ app.include_router(feedback.router)
 @app.exception_handler(ServiceError)
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=int(exc.status))
+
+
+# FastAPI's own answer to a body it cannot decode (invalid UTF-8, say) is this, as {"detail": ...}.
+UNREADABLE_BODY = "There was an error parsing the body"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own errors (404, 405, an unreadable body) in the shape every route answers."""
+    message = ("invalid request: the body is not JSON in UTF-8" if exc.detail == UNREADABLE_BODY
+               else str(exc.detail))
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(RequestValidationError)

@@ -100,6 +100,9 @@ GOOD = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["fine"]}
         ("/v2/models/sentiment/infer", {"inputs": []}, 400, "invalid request"),
         ("/v2/models/sentiment/infer", {"inputs": [GOOD], "outputs": [{"name": "x"}]}, 400, "unknown output"),
         ("/v2/models/sentiment/infer", b"not json", 400, "invalid request"),
+        ("/v2/models/sentiment/infer", b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", '
+         b'"data": ["\xff\xfe"]}]}', 400, "not JSON in UTF-8"),  # invalid UTF-8
+        ("/feedback", b'{"request_id": "\xff"}', 400, "not JSON in UTF-8"),
         ("/classify", ("multipart/form-data", b'{"texts": ["x"]}'), 415, "send application/json"),
         ("/v2/models/sentiment/infer", ("text/plain", b"hello"), 415, "send application/json"),
     ],
@@ -113,7 +116,7 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(server: ServerProcess, path
     else:
         r = post(server, path, json=payload)
     assert r.status_code == status, r.text
-    assert message in r.text
+    assert message in r.json()["error"]
 
 
 def test_reject_mode_refuses_texts_over_the_token_limit(served_registry: Path) -> None:
