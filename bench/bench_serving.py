@@ -46,6 +46,9 @@ from tuneloop.registry import Registry, State  # noqa: E402
 from tuneloop.settings import get_settings  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+# A server goes on answering the requests it had queued when its load generator stops (the naive baseline
+# spent 0.8 CPU-seconds in the second after a c=32 cell); the next cell waits for that, not competes with it.
+SETTLE_S = 1.5
 VARIANTS = ("raw", "raw-arrival", "http", "http-batchable", "grpc", "http+bentoml-obs", "naive")
 
 
@@ -213,6 +216,7 @@ def interleaved_rounds(measure: dict[str, Measure], concurrency: tuple[int, ...]
             for name, run in measure.items():
                 print(f"round {round_ + 1}/{rounds} {name} c={c} …", flush=True)
                 samples[name][c].append(run(c, duration))
+                time.sleep(SETTLE_S)
     return {name: {c: median_cell(cells) for c, cells in by_c.items()} for name, by_c in samples.items()}
 
 
