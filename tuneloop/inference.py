@@ -81,7 +81,8 @@ class Tokenized:
 RUN_OVERHEAD_TOKENS = {"CPUExecutionProvider": 16, "CUDAExecutionProvider": 4096}
 
 
-def plan_length_buckets(lengths: np.ndarray, max_batch: int, run_overhead_tokens: int = 16) -> list[np.ndarray]:
+def plan_length_buckets(lengths: np.ndarray, max_batch: int,
+                        run_overhead_tokens: int = RUN_OVERHEAD_TOKENS["CPUExecutionProvider"]) -> list[np.ndarray]:
     """Cut texts into batches that waste little padding.
 
     Sorted by length, then split where it pays: a batch costs one run's fixed overhead (expressed in
@@ -128,7 +129,11 @@ class OnnxTextClassifier:
             log.warning("asked for %s but ONNX Runtime runs %s on %s (see its log for why)",
                         providers[0], onnx_path, self.provider)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.run_overhead_tokens = RUN_OVERHEAD_TOKENS.get(self.provider, 16)
+
+    @property
+    def run_overhead_tokens(self) -> int:
+        """This session's provider's run cost (a provider not measured yet is taken as a CPU)."""
+        return RUN_OVERHEAD_TOKENS.get(self.provider, RUN_OVERHEAD_TOKENS["CPUExecutionProvider"])
 
     def plan_buckets(self, tokens: Tokenized, max_batch: int, run_overhead_tokens: int | None = None
                      ) -> list[np.ndarray]:
