@@ -38,8 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service.model import load_served_model  # noqa: E402
 from tests.conftest import AMAZON, IMDB, YELP, read_sentences  # noqa: E402
-from service.model import choose_precision  # noqa: E402
 from tests.server_process import ServerProcess, free_port, tree_cpu_seconds  # noqa: E402
 from tuneloop.inference import OnnxTextClassifier, choose_providers  # noqa: E402
 from tuneloop.registry import Registry, State  # noqa: E402
@@ -72,7 +72,7 @@ def bench_texts() -> list[str]:
     return texts
 
 
-def raw_session(registry_root: Path, version: str, texts: list[str], sort: bool) -> Measure:
+def raw_session(clf: OnnxTextClassifier, texts: list[str], sort: bool) -> Measure:
     """ONNX Runtime called in-process, ``concurrency`` texts a batch, for the cell's seconds. A variant of
     the interleaved rounds like the servers, so it meets the same machine and is summarised the same way.
 
@@ -80,11 +80,6 @@ def raw_session(registry_root: Path, version: str, texts: list[str], sort: bool)
     no server sees, since it cannot wait for tomorrow's short texts. ``sort=False`` takes the texts in the
     order the load generators send them and cuts each batch into the same length buckets the service's
     batcher plans: the session alone on the service's own work."""
-    opened = Registry(registry_root).open_version(version)
-    providers = choose_providers()
-    precision = choose_precision("auto", providers, opened.card.onnx_files)
-    clf = OnnxTextClassifier(opened.onnx_path(precision), opened.tokenizer_dir, max_length=opened.card.max_length,
-                             providers=providers)
 
     def batches(size: int) -> list[list[str]]:
         if not sort:
@@ -295,26 +290,27 @@ def main() -> None:
 
     observed = {"TUNELOOP_SERVING__BENTOML_METRICS": "true", "TUNELOOP_SERVING__TRACING": "true"}
     wanted = set(args.variants)
+    # The raw variants run the version as the service opens it (provider, precision, token limit, threads),
+    # one session for both: their cells never overlap.
+    served = load_served_model(Registry(args.registry), version, get_settings().serving)
     started: list[Callable[[], None]] = []  # how to stop each server, in start order
     measure: dict[str, Measure] = {}
     try:
+        if wanted & {"http", "grpc"}:  # one tuneloop service answers both transports
+            service = ServerProcess(args.registry, work / "service.log", args=["--workers", str(args.workers)]).start()
+            started.append(service.stop)
         for variant in VARIANTS:  # the table keeps this order whatever order --variants names
             if variant not in wanted:
                 continue
             if variant in ("raw", "raw-arrival"):
-                measure[variant] = with_cpu(raw_session(args.registry, version, texts, sort=variant == "raw"), {})
-            elif variant in ("http", "grpc"):
-                if not any(v in measure for v in ("http", "grpc")):
-                    service = ServerProcess(args.registry, work / "service.log",
-                                            args=["--workers", str(args.workers)]).start()
-                    started.append(service.stop)
-                if variant == "http":
-                    measure[variant] = with_cpu(lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
-                                                {"server": service.proc.pid})
-                else:
-                    measure[variant] = with_cpu(
-                        lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
-                        {"server": service.proc.pid})
+                measure[variant] = with_cpu(raw_session(served.classifier, texts, sort=variant == "raw"), {})
+            elif variant == "http":
+                measure[variant] = with_cpu(lambda c, d: run_wrk(f"{service.url}/classify", bodies, c, d),
+                                            {"server": service.proc.pid})
+            elif variant == "grpc":
+                measure[variant] = with_cpu(
+                    lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
+                    {"server": service.proc.pid})
             elif variant == "http+bentoml-obs":
                 service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
                 started.append(service_obs.stop)
@@ -339,10 +335,8 @@ def main() -> None:
 
     # The ceiling is the raw session's best cell, sorted or in arrival order with the service's buckets.
     best_raw = max(cell["rps"] for path in ("raw", "raw-arrival") if path in rows for cell in rows[path].values())
-    providers = choose_providers()
-    precision = choose_precision("auto", providers, Registry(args.registry).card(version).onnx_files)
     lines = [
-        f"Model {version} (MiniLM-L6 fine-tuned, {precision} fused graph, {providers[0]}{gpu_name()}), "
+        f"Model {version} (MiniLM-L6 fine-tuned, {served.precision} fused graph, {served.provider}{gpu_name()}), "
         f"{os.cpu_count()} cores, one text per request, {len(texts)} real sentences, {args.duration} s per cell, "
         f"median of {args.rounds} interleaved rounds, {args.workers} service worker(s); load from wrk (HTTP) and a grpc.aio client on the same machine.",
         "",
