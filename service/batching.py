@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -39,6 +39,20 @@ class BatchOutput:
     probabilities: np.ndarray
     embeddings: np.ndarray
     truncated: list[bool]
+
+
+@dataclass
+class _BatchResult:
+    """A batch's outputs, filled in bucket by bucket; rows in the order of the batch's texts."""
+
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+    truncated: list[bool]
+
+    @classmethod
+    def empty(cls, rows: int, labels: int, embedding_dim: int) -> _BatchResult:
+        return cls(np.empty((rows, labels), dtype=np.float32), np.empty((rows, embedding_dim), dtype=np.float32),
+                   [])
 
 
 @dataclass
@@ -110,42 +124,54 @@ class MicroBatcher:
                 self._execute([item])
 
     def _execute(self, batch: list[_Pending]) -> None:
+        """Run a batch bucket by bucket, answering each request as soon as its last text has run.
+
+        The short buckets run first, so their clients have their answers, and send their next requests,
+        while the long buckets still run: the event loop's work overlaps inference instead of waiting for
+        the batch's slowest bucket, and the next batch is already queued when this one ends."""
+        answered = [False] * len(batch)
         try:
             model = self._current_model()  # one model for the whole batch: every row names its version
             texts = [t for p in batch for t in p.texts]
-            probabilities, embeddings, truncated = self._infer(model, texts)
-        except Exception as exc:  # hand the failure to every waiting request; the worker lives on
-            for pending in batch:
-                if not pending.future.set_running_or_notify_cancel():
-                    continue
-                pending.future.set_exception(exc)
-            return
-        start = 0
-        for pending in batch:
-            end = start + len(pending.texts)
-            if pending.future.set_running_or_notify_cancel():
-                pending.future.set_result(BatchOutput(model, probabilities[start:end], embeddings[start:end],
-                                                      truncated[start:end]))
-            start = end
+            bounds = np.cumsum([0] + [len(p.texts) for p in batch])
+            owner = np.repeat(np.arange(len(batch)), np.diff(bounds))
+            rows_left = np.diff(bounds)
+            result = _BatchResult.empty(len(texts), len(model.labels), model.classifier.embedding_dim)
+            for rows in self._infer(model, texts, result):
+                for i in owner[rows]:
+                    rows_left[i] -= 1
+                    if rows_left[i] == 0:
+                        answered[i] = True
+                        start, end = bounds[i], bounds[i + 1]
+                        self._answer(batch[i], BatchOutput(model, result.probabilities[start:end],
+                                                           result.embeddings[start:end],
+                                                           result.truncated[start:end]))
+        except Exception as exc:  # hand the failure to every request still waiting; the worker lives on
+            for pending, done in zip(batch, answered):
+                if not done and pending.future.set_running_or_notify_cancel():
+                    pending.future.set_exception(exc)
 
-    def _infer(self, model: ServedModel, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
-        """Probabilities and pooled embeddings, rows in the order of ``texts``, and which texts were cut."""
+    @staticmethod
+    def _answer(pending: _Pending, output: BatchOutput) -> None:
+        if pending.future.set_running_or_notify_cancel():
+            pending.future.set_result(output)
+
+    def _infer(self, model: ServedModel, texts: list[str], result: _BatchResult) -> Iterator[np.ndarray]:
+        """Fill ``result`` one length bucket at a time, shortest first, and yield each bucket's rows (indices
+        into ``texts``) once they are filled."""
         clf = model.classifier
         tokens = clf.tokenize(texts)  # once for the whole batch; padding happens per bucket
-        logits = np.empty((len(texts), len(model.labels)), dtype=np.float32)
-        embeddings: np.ndarray | None = None
+        result.truncated = tokens.truncated
         for idx in clf.plan_buckets(tokens, self.max_batch_size, self.run_overhead_tokens):
             feeds = clf.feeds([tokens.ids[i] for i in idx])
             began = time.perf_counter()
-            bucket_logits, bucket_emb = clf.run(feeds)
+            logits, embeddings = clf.run(feeds)
             INFERENCE_DURATION.labels(model.version).observe(time.perf_counter() - began)
             BATCH_SIZE.labels(model.version).observe(len(idx))
-            if embeddings is None:
-                embeddings = np.empty((len(texts), bucket_emb.shape[1]), dtype=np.float32)
-            logits[idx] = bucket_logits
-            embeddings[idx] = bucket_emb
-        # Once per batch here rather than once per request on the event loop, which every transport waits on.
-        probabilities = softmax(logits.astype(np.float64), axis=1).astype(np.float32)
-        for label, count in zip(*np.unique(probabilities.argmax(axis=1), return_counts=True)):
-            PREDICTIONS.labels(model.version, model.labels[label]).inc(int(count))
-        return probabilities, embeddings, tokens.truncated
+            # Here rather than once per request on the event loop, which every transport waits on.
+            probabilities = softmax(logits.astype(np.float64), axis=1).astype(np.float32)
+            for label, count in zip(*np.unique(probabilities.argmax(axis=1), return_counts=True)):
+                PREDICTIONS.labels(model.version, model.labels[label]).inc(int(count))
+            result.probabilities[idx] = probabilities
+            result.embeddings[idx] = embeddings
+            yield idx

@@ -129,6 +129,10 @@ class OnnxTextClassifier:
             log.warning("asked for %s but ONNX Runtime runs %s on %s (see its log for why)",
                         providers[0], onnx_path, self.provider)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        # Our exports give the embedding a fixed width (the encoder's hidden size), so callers can size
+        # their output arrays before the first run.
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        self.embedding_dim = int(outputs["embedding"][1])
 
     @property
     def run_overhead_tokens(self) -> int:
