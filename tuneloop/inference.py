@@ -57,8 +57,8 @@ def session_options(intra_op_threads: int = 0, allow_spinning: bool = True) -> o
     options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning intra-op threads pick up the next run sooner (measured: +15% requests/s at concurrency 1,
-    # no change at 32, bench/RESULTS.md); turn it off where the cores are shared with other work.
+    # Spinning intra-op threads pick up the next run sooner (+15% requests/s for lone requests), but burn
+    # the cores between runs: the service, whose event loop shares them, turns it off (bench/RESULTS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     return options
 
