@@ -51,7 +51,7 @@ def load_served_model(registry: Registry, version: str, settings: ServingSetting
         classifier = OnnxTextClassifier(
             opened.onnx_path(precision), opened.tokenizer_dir,
             max_length=min(settings.max_tokens, opened.card.max_length), providers=providers,
-            intra_op_threads=settings.intra_op_threads, allow_spinning=settings.ort_spinning,
+            intra_op_threads=settings.intra_op_threads, spinning=settings.ort_spinning,
         )
     except Exception as exc:  # onnxruntime raises its own exception types per failure
         raise SwapError(version, "load", f"{type(exc).__name__}: {exc}") from exc

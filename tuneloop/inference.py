@@ -16,6 +16,8 @@ import numpy as np
 import onnxruntime as ort
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from tuneloop.settings import Spinning
+
 log = logging.getLogger(__name__)
 
 
@@ -50,16 +52,18 @@ def choose_providers(preference: str = "auto") -> list[str]:
 PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 
-def session_options(intra_op_threads: int = 0, allow_spinning: bool = True) -> ort.SessionOptions:
+def session_options(intra_op_threads: int = 0, spinning: Spinning = "always") -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # One thread per core; inter-op parallelism buys nothing for a single BERT graph.
     options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning intra-op threads pick up the next run sooner (+15% requests/s for lone requests), but burn
-    # the cores between runs: the service, whose event loop shares them, turns it off (bench/RESULTS.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    # Spinning threads pick up each operator of a run without a wake-up (+13% requests/s for lone requests),
+    # but spinning between runs burns the cores the service's event loop needs then: the service spins
+    # "during_runs" (bench/RESULTS.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "during_runs" else "0")
     return options
 
 
@@ -114,13 +118,13 @@ class OnnxTextClassifier:
 
     def __init__(self, onnx_path: str | Path, tokenizer: PreTrainedTokenizerBase | str | Path, *,
                  max_length: int = 128, providers: list[str] | None = None, intra_op_threads: int = 0,
-                 allow_spinning: bool = True) -> None:
+                 spinning: Spinning = "always") -> None:
         self.tokenizer = (AutoTokenizer.from_pretrained(str(tokenizer))
                           if isinstance(tokenizer, (str, Path)) else tokenizer)
         self.max_length = max_length
         providers = providers or choose_providers()
         self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=session_options(intra_op_threads, allow_spinning),
+            str(onnx_path), sess_options=session_options(intra_op_threads, spinning),
             providers=[(name, PROVIDER_OPTIONS.get(name, {})) for name in providers],
         )
         self.input_names = [i.name for i in self.session.get_inputs()]

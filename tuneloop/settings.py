@@ -50,6 +50,11 @@ class TrainingDefaults(BaseModel):
     reference_size: int = Field(500, ge=10, description="rows of the reference sample kept for drift")
 
 
+# When ONNX Runtime's idle intra-op threads busy-wait for work instead of sleeping: "always"; only while a
+# run is in progress ("during_runs": they sleep once it returns); or never ("off").
+Spinning = Literal["off", "during_runs", "always"]
+
+
 class ServingSettings(BaseModel):
     version: str | None = None  # pin a version instead of following production
     host: str = "0.0.0.0"
@@ -66,9 +71,9 @@ class ServingSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     max_latency_ms: float = Field(2.0, ge=0, description="longest a batch waits for more requests")
     intra_op_threads: int = Field(0, ge=0, description="0: one per core")
-    # Off: under load the spinning ORT thread burns the core the event loop and the batcher need between
-    # runs (+18–22% requests/s at concurrency 8 and 32 with it off); on, a lone request is ~1.4 ms faster.
-    ort_spinning: bool = False
+    # Spinning between runs burns the core the event loop needs then (+13–18% requests/s at concurrency 32
+    # without it); spinning within a run makes a lone request ~1.2 ms faster (bench/RESULTS.md).
+    ort_spinning: Spinning = "during_runs"
     bucket_run_overhead_tokens: int | None = Field(
         None, ge=0, description="None: the provider's measured figure, tuneloop.inference.RUN_OVERHEAD_TOKENS")
     poll_interval_s: float = Field(2.0, gt=0)
