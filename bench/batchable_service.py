@@ -112,7 +112,7 @@ class Batchable:
         """The texts of every request BentoML merged into this batch, in one list; rows in the same order.
 
         Sync on purpose: BentoML runs it in a worker thread (the service's ``threads``, 1), off the event
-        loop. The body is MicroBatcher._infer's: tokenise once, pad per length bucket, one run per bucket."""
+        loop. The body is the micro-batcher's: tokenise once, pad per length bucket, one run per bucket."""
         clf = self.served.classifier
         tokens = clf.tokenize(texts)
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)

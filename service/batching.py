@@ -3,7 +3,8 @@
 Requests queue up while a batch runs; the worker then takes everything waiting (up to
 ``max_batch_size`` texts, waiting at most ``max_latency_ms`` for more), so batches grow with load
 and a lone request is not held back. The texts of a batch are sorted by length and cut into
-buckets, so short texts are not padded to the length of a long one.
+buckets, so short texts are not padded to the length of a long one, and each request is answered as
+soon as the bucket holding its last text has run.
 
 We batch ourselves rather than with BentoML's ``batchable`` API, for two reasons. The gRPC server runs
 beside BentoML, outside its dispatcher: one batcher is the only way for HTTP and gRPC traffic to share
@@ -27,6 +28,7 @@ from scipy.special import softmax
 
 from service.metrics import BATCH_SIZE, INFERENCE_DURATION, PREDICTIONS
 from service.model import ServedModel
+from tuneloop.inference import Tokenized
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,10 @@ class _BatchResult:
     truncated: list[bool]
 
     @classmethod
-    def empty(cls, rows: int, labels: int, embedding_dim: int) -> _BatchResult:
-        return cls(np.empty((rows, labels), dtype=np.float32), np.empty((rows, embedding_dim), dtype=np.float32),
-                   [])
+    def empty(cls, model: ServedModel, tokens: Tokenized) -> _BatchResult:
+        rows = len(tokens.ids)
+        return cls(np.empty((rows, len(model.labels)), dtype=np.float32),
+                   np.empty((rows, model.classifier.embedding_dim), dtype=np.float32), tokens.truncated)
 
 
 @dataclass
@@ -132,12 +135,12 @@ class MicroBatcher:
         answered = [False] * len(batch)
         try:
             model = self._current_model()  # one model for the whole batch: every row names its version
-            texts = [t for p in batch for t in p.texts]
+            tokens = model.classifier.tokenize([t for p in batch for t in p.texts])  # once; padded per bucket
             bounds = np.cumsum([0] + [len(p.texts) for p in batch])
             owner = np.repeat(np.arange(len(batch)), np.diff(bounds))
             rows_left = np.diff(bounds)
-            result = _BatchResult.empty(len(texts), len(model.labels), model.classifier.embedding_dim)
-            for rows in self._infer(model, texts, result):
+            result = _BatchResult.empty(model, tokens)
+            for rows in self._run_buckets(model, tokens, result):
                 for i in owner[rows]:
                     rows_left[i] -= 1
                     if rows_left[i] == 0:
@@ -156,12 +159,10 @@ class MicroBatcher:
         if pending.future.set_running_or_notify_cancel():
             pending.future.set_result(output)
 
-    def _infer(self, model: ServedModel, texts: list[str], result: _BatchResult) -> Iterator[np.ndarray]:
+    def _run_buckets(self, model: ServedModel, tokens: Tokenized, result: _BatchResult) -> Iterator[np.ndarray]:
         """Fill ``result`` one length bucket at a time, shortest first, and yield each bucket's rows (indices
-        into ``texts``) once they are filled."""
+        into the batch's texts) once they are filled."""
         clf = model.classifier
-        tokens = clf.tokenize(texts)  # once for the whole batch; padding happens per bucket
-        result.truncated = tokens.truncated
         for idx in clf.plan_buckets(tokens, self.max_batch_size, self.run_overhead_tokens):
             feeds = clf.feeds([tokens.ids[i] for i in idx])
             began = time.perf_counter()
