@@ -7,7 +7,7 @@
 Everything but the batch former is the real service's: the same registered version, loaded, warmed up and
 smoke-checked by the same code (service.model.load_served_model: the same precision, token limit, ONNX Runtime
 threads and spinning), the same request and response JSON on ``POST /classify``, and the same inference per
-batch (tokenise once, cut length buckets with the session's plan_buckets, one ``session.run`` per bucket).
+batch (tokenise once, the session's run_buckets: cut length buckets, one ``session.run`` per bucket).
 
 How batches form. ``/classify`` is a plain async API that keeps the real service's response shape; it calls
 ``infer``, a batchable API of the same service, through ``self.to_async``. BentoML (1.4) sends such a
@@ -116,9 +116,8 @@ class Batchable:
         clf = self.served.classifier
         tokens = clf.tokenize(texts)
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        for idx in clf.plan_buckets(tokens, SERVING.max_batch_size, SERVING.bucket_run_overhead_tokens):
-            bucket_logits, _ = clf.run(clf.feeds([tokens.ids[i] for i in idx]))
-            logits[idx] = bucket_logits
+        for run in clf.run_buckets(tokens, SERVING.max_batch_size, SERVING.bucket_run_overhead_tokens):
+            logits[run.rows] = run.logits
         with self._counts_lock:
             self.batch_sizes[len(texts)] += 1
         if LOG_BATCHES:

@@ -162,17 +162,13 @@ class MicroBatcher:
     def _run_buckets(self, model: ServedModel, tokens: Tokenized, result: _BatchResult) -> Iterator[np.ndarray]:
         """Fill ``result`` one length bucket at a time, shortest first, and yield each bucket's rows (indices
         into the batch's texts) once they are filled."""
-        clf = model.classifier
-        for idx in clf.plan_buckets(tokens, self.max_batch_size, self.run_overhead_tokens):
-            feeds = clf.feeds([tokens.ids[i] for i in idx])
-            began = time.perf_counter()
-            logits, embeddings = clf.run(feeds)
-            INFERENCE_DURATION.labels(model.version).observe(time.perf_counter() - began)
-            BATCH_SIZE.labels(model.version).observe(len(idx))
+        for run in model.classifier.run_buckets(tokens, self.max_batch_size, self.run_overhead_tokens):
+            INFERENCE_DURATION.labels(model.version).observe(run.seconds)
+            BATCH_SIZE.labels(model.version).observe(len(run.rows))
             # Here rather than once per request on the event loop, which every transport waits on.
-            probabilities = softmax(logits.astype(np.float64), axis=1).astype(np.float32)
+            probabilities = softmax(run.logits.astype(np.float64), axis=1).astype(np.float32)
             for label, count in zip(*np.unique(probabilities.argmax(axis=1), return_counts=True)):
                 PREDICTIONS.labels(model.version, model.labels[label]).inc(int(count))
-            result.probabilities[idx] = probabilities
-            result.embeddings[idx] = embeddings
-            yield idx
+            result.probabilities[run.rows] = probabilities
+            result.embeddings[run.rows] = run.embeddings
+            yield run.rows

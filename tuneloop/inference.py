@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -78,6 +80,17 @@ class Tokenized:
         return np.fromiter((len(i) for i in self.ids), dtype=np.int64, count=len(self.ids))
 
 
+@dataclass(frozen=True)
+class BucketRun:
+    """One session run over one length bucket: which texts it held (indices into the tokenised batch), what
+    came out for them, and how long ``session.run`` itself took (padding the inputs not included)."""
+
+    rows: np.ndarray
+    logits: np.ndarray
+    embeddings: np.ndarray
+    seconds: float
+
+
 # What one session run costs beyond its rows, in padded tokens, by provider (bench/RESULTS.md). On two CPU
 # cores a run costs about what 16 tokens do, so splitting a batch by length pays. On an H100 a run of 32
 # texts × 128 tokens costs barely more than one of a few short texts: splitting only multiplies the runs
@@ -133,9 +146,10 @@ class OnnxTextClassifier:
             log.warning("asked for %s but ONNX Runtime runs %s on %s (see its log for why)",
                         providers[0], onnx_path, self.provider)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        # Our exports give the embedding a fixed width (the encoder's hidden size), so callers can size
-        # their output arrays before the first run.
+        # Our exports fix every dimension but the batch (labels, the encoder's hidden size), so callers can
+        # size their output arrays before the first run.
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        self.num_labels = int(outputs["logits"][1])
         self.embedding_dim = int(outputs["embedding"][1])
 
     @property
@@ -197,18 +211,21 @@ class OnnxTextClassifier:
         logits, embedding = binding.copy_outputs_to_cpu()
         return logits.astype(np.float32), embedding.astype(np.float32)
 
+    def run_buckets(self, tokens: Tokenized, max_batch: int, run_overhead_tokens: int | None = None
+                    ) -> Iterator[BucketRun]:
+        """Run ``tokens`` one length bucket at a time (``plan_buckets``, shortest first), padding each bucket
+        to its longest text; each run is yielded as soon as it is done."""
+        for idx in self.plan_buckets(tokens, max_batch, run_overhead_tokens):
+            feeds = self.feeds([tokens.ids[i] for i in idx])
+            began = time.perf_counter()
+            logits, embeddings = self.run(feeds)
+            yield BucketRun(idx, logits, embeddings, time.perf_counter() - began)
+
     def predict(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Logits and embeddings for ``texts`` in order, batched by length to keep padding small."""
-        tokens = self.tokenize(texts)
-        chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for idx in self.plan_buckets(tokens, batch_size):
-            batch_logits, batch_emb = self.run(self.feeds([tokens.ids[i] for i in idx]))
-            chunks.append((idx, batch_logits, batch_emb))
-        n_labels = chunks[0][1].shape[1]
-        dim = chunks[0][2].shape[1]
-        logits = np.zeros((len(texts), n_labels), dtype=np.float32)
-        embeddings = np.zeros((len(texts), dim), dtype=np.float32)
-        for idx, batch_logits, batch_emb in chunks:
-            logits[idx] = batch_logits
-            embeddings[idx] = batch_emb
+        logits = np.empty((len(texts), self.num_labels), dtype=np.float32)
+        embeddings = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        for run in self.run_buckets(self.tokenize(texts), batch_size):
+            logits[run.rows] = run.logits
+            embeddings[run.rows] = run.embeddings
         return logits, embeddings
