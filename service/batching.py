@@ -132,26 +132,24 @@ class MicroBatcher:
         The short buckets run first, so their clients have their answers, and send their next requests,
         while the long buckets still run: the event loop's work overlaps inference instead of waiting for
         the batch's slowest bucket, and the next batch is already queued when this one ends."""
-        answered = [False] * len(batch)
+        rows_left = np.array([len(p.texts) for p in batch])  # a request is answered when its count is 0
+        bounds = np.concatenate(([0], np.cumsum(rows_left)))
+        owner = np.repeat(np.arange(len(batch)), rows_left)
         try:
             model = self._current_model()  # one model for the whole batch: every row names its version
             tokens = model.classifier.tokenize([t for p in batch for t in p.texts])  # once; padded per bucket
-            bounds = np.cumsum([0] + [len(p.texts) for p in batch])
-            owner = np.repeat(np.arange(len(batch)), np.diff(bounds))
-            rows_left = np.diff(bounds)
             result = _BatchResult.empty(model, tokens)
             for rows in self._run_buckets(model, tokens, result):
                 for i in owner[rows]:
                     rows_left[i] -= 1
                     if rows_left[i] == 0:
-                        answered[i] = True
                         start, end = bounds[i], bounds[i + 1]
                         self._answer(batch[i], BatchOutput(model, result.probabilities[start:end],
                                                            result.embeddings[start:end],
                                                            result.truncated[start:end]))
         except Exception as exc:  # hand the failure to every request still waiting; the worker lives on
-            for pending, done in zip(batch, answered):
-                if not done and pending.future.set_running_or_notify_cancel():
+            for pending, left in zip(batch, rows_left):
+                if left and pending.future.set_running_or_notify_cancel():
                     pending.future.set_exception(exc)
 
     @staticmethod
