@@ -85,6 +85,9 @@ class MicroBatcher:
         if self._stopping:
             future.set_exception(RuntimeError("the service is shutting down"))
             return future
+        if not texts:  # answered when its last text has run, so a request without texts would never be
+            future.set_exception(ValueError("nothing to classify: no texts"))
+            return future
         self._queue.put(_Pending(texts, future, time.perf_counter()))
         return future
 

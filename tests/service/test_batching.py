@@ -70,3 +70,11 @@ def test_a_request_spread_over_buckets_gets_its_rows_in_its_order(served: Served
         np.testing.assert_allclose(answer.probabilities, softmax(logits.astype(np.float64), axis=1), atol=1e-5)
         np.testing.assert_allclose(answer.embeddings, embeddings, atol=1e-5)
         assert answer.truncated == served.classifier.tokenize(texts).truncated
+
+
+def test_a_request_without_texts_is_refused_not_left_waiting(served: ServedModel) -> None:
+    batcher = MicroBatcher(lambda: served)
+    batcher.start()
+    with pytest.raises(ValueError, match="no texts"):
+        batcher.submit([]).result(timeout=5)
+    batcher.stop()
