@@ -1,24 +1,32 @@
 """All of tuneloop's settings, in one typed object.
 
-Read in one place: environment variables prefixed ``TUNELOOP_`` (nested sections with ``__``,
-e.g. ``TUNELOOP_KAFKA__BOOTSTRAP_SERVERS``), then an optional YAML file named by
-``TUNELOOP_CONFIG`` (or ``--config`` on the CLI). Environment wins over the file, the file over
-the defaults. A few settings that operators set most often have short aliases
-(``TUNELOOP_SPOOL_DIR``, ``TUNELOOP_KAFKA_BOOTSTRAP_SERVERS``); ``TUNELOOP_REGISTRY`` is the
-registry root's own name.
+Sources, strongest first: the arguments of :func:`load_settings` (the command line's options), the
+environment (variables prefixed ``TUNELOOP_``, nested sections with ``__``, e.g.
+``TUNELOOP_KAFKA__BOOTSTRAP_SERVERS``), an optional YAML file named by ``TUNELOOP_CONFIG`` (or ``--config``
+on the CLI), the defaults. A value counts as given even when it equals the default, and nested sections
+merge key by key across sources. A few settings that operators set most often have short aliases
+(``TUNELOOP_SPOOL_DIR``, ``TUNELOOP_KAFKA_BOOTSTRAP_SERVERS``) that win over their long forms;
+``TUNELOOP_REGISTRY`` is the registry root's own name.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 
 class ParityThresholds(BaseModel):
@@ -190,6 +198,34 @@ class MonitorSettings(BaseModel):
         return merged
 
 
+# Short names for the settings operators set most; they win over their long forms.
+SHORT_ENV_NAMES: dict[str, tuple[str, ...]] = {
+    "TUNELOOP_SPOOL_DIR": ("kafka", "spool_dir"),
+    "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+}
+
+
+class ShortEnvSettingsSource(PydanticBaseSettingsSource):
+    """The variables of ``SHORT_ENV_NAMES``, as the nested values they stand for."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the whole environment at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, path in SHORT_ENV_NAMES.items():
+            if name in os.environ:
+                node = values
+                for key in path[:-1]:
+                    node = node.setdefault(key, {})
+                node[path[-1]] = os.environ[name]
+        return values
+
+
+# The YAML file of the load_settings call in progress: the settings class takes no such argument.
+_config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)
+
+
 class Settings(BaseSettings):
     """The root settings object; build it with :func:`load_settings`."""
 
@@ -214,55 +250,39 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Explicit arguments, then the environment, then the YAML file passed as init data
-        # by load_settings (lowest), then defaults.
-        return init_settings, env_settings, file_secret_settings
+        # Strongest first; pydantic-settings deep-merges what each source gives, so a source that
+        # sets one key of a section leaves the section's other keys to the sources below it.
+        config_file = _config_file.get()
+        from_file = () if config_file is None else (YamlConfigSettingsSource(settings_cls, yaml_file=config_file),)
+        short_env = ShortEnvSettingsSource(settings_cls)
+        return (init_settings, short_env, env_settings, *from_file, file_secret_settings)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-# Short names for the settings operators set most; they win over their long forms.
-SHORT_ENV_NAMES: dict[str, tuple[str, ...]] = {
-    "TUNELOOP_SPOOL_DIR": ("kafka", "spool_dir"),
-    "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
-}
-
-
-def _short_env_values() -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name, path in SHORT_ENV_NAMES.items():
-        if name in os.environ:
-            node = values
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = os.environ[name]
-    return values
+def _checked_config_file(config_file: str | Path | None) -> Path | None:
+    # YamlConfigSettingsSource skips a missing file and fails obscurely on a non-mapping one.
+    path = config_file or os.environ.get("TUNELOOP_CONFIG")
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"settings file not found: {p}")
+    loaded = yaml.safe_load(p.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"settings file {p} must hold a mapping at the top level")
+    return p
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings: overrides > environment > YAML file > defaults."""
-    path = config_file or os.environ.get("TUNELOOP_CONFIG")
-    file_data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"settings file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"settings file {p} must hold a mapping at the top level")
-        file_data = loaded
-    env_only = Settings()  # environment and defaults
-    env_set = env_only.model_dump(exclude_defaults=True)
-    data = _deep_merge(_deep_merge(_deep_merge(file_data, env_set), _short_env_values()), overrides)
-    return Settings.model_validate(data) if data else env_only
+    """Build the settings: overrides > environment > YAML file > defaults.
+
+    ``config_file`` defaults to ``TUNELOOP_CONFIG``; overrides are nested like the settings
+    (``serving={"port": 3000}``) and merge key by key with the other sources.
+    """
+    token = _config_file.set(_checked_config_file(config_file))
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file.reset(token)
 
 
 @lru_cache(maxsize=1)
