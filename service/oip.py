@@ -7,13 +7,14 @@ Input: one BYTES tensor of texts, shape ``[n]`` or ``[n, 1]``. Outputs: ``probab
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from math import prod
 
 import numpy as np
 
-from service.dataplane import ClassifyResult
-from service.errors import InvalidInputError
+from service.dataplane import ClassifyResult, DataPlane
+from service.errors import InvalidInputError, ModelNotReadyError
 from service.model import ServedModel
 
 _LENGTH = struct.Struct("<I")  # a raw BYTES element: its 4-byte little-endian length, then the bytes
@@ -29,6 +30,15 @@ class Tensor:
     datatype: str
     shape: list[int]
     data: list  # flat, row-major
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """What the protocol answers an infer request with, before a transport encodes it."""
+
+    model_name: str
+    model_version: str  # the version that answered, which the response must name
+    outputs: list[Tensor]
 
 
 def decode_bytes_elements(raw: bytes, name: str) -> list[bytes]:
@@ -87,14 +97,28 @@ def texts_from_inputs(inputs: list[Tensor]) -> list[str]:
     return texts
 
 
-def check_requested_outputs(requested: list[str] | None) -> None:
+async def infer(plane: DataPlane, name: str, version: str | None, inputs: list[Tensor],
+                requested: list[str] | None) -> InferResult:
+    """The protocol's one infer path, for REST and gRPC alike (as MLServer's ``DataPlane.infer`` is): the
+    transports only decode a request into ``inputs`` and encode the answer. ``version`` None means
+    whichever is served; ``requested`` None or empty means every output, in OUTPUT_NAMES' order.
+
+    Each check runs once, the cheap ones before the work: an unknown name or version, then the inputs,
+    then the requested outputs; the swap race can only be seen after it."""
+    plane.model(name, version)  # 404 / NOT_FOUND before any work for an unknown name or version
+    texts = texts_from_inputs(inputs)
     unknown = sorted(set(requested or ()) - set(OUTPUT_NAMES))
-    if unknown:
+    if unknown:  # fail before the work, not after
         raise InvalidInputError(f"unknown output(s) {unknown}; this model has {list(OUTPUT_NAMES)}")
+    result = await plane.classify(texts)
+    if version is not None and result.model_version != version:
+        # A swap landed between the check and the batch: say so rather than answer for another version.
+        raise ModelNotReadyError(f"version {version} was swapped out while the request waited; retry")
+    outputs = _output_tensors(result, requested or OUTPUT_NAMES)
+    return InferResult(result.model_name, result.model_version, outputs)
 
 
-def output_tensors(result: ClassifyResult, requested: list[str] | None = None) -> list[Tensor]:
-    check_requested_outputs(requested)
+def _output_tensors(result: ClassifyResult, names: Iterable[str]) -> list[Tensor]:
     n = len(result.predictions)
     tensors = {
         "probabilities": Tensor("probabilities", "FP32", list(result.probabilities.shape),
@@ -102,7 +126,7 @@ def output_tensors(result: ClassifyResult, requested: list[str] | None = None) -
         "label": Tensor("label", "BYTES", [n], [p.label for p in result.predictions]),
         "request_id": Tensor("request_id", "BYTES", [n], [p.request_id for p in result.predictions]),
     }
-    return [tensors[name] for name in (requested or OUTPUT_NAMES)]
+    return [tensors[name] for name in names]
 
 
 def model_metadata(served: ServedModel) -> dict:

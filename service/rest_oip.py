@@ -16,11 +16,10 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
 import tuneloop
-from service import rest_binary
+from service import oip, rest_binary
 from service.dataplane import DataPlane, track_request
-from service.errors import ErrorResponse, InvalidInputError, ModelNotReadyError, describe_validation_errors
-from service.oip import (OUTPUT_NAMES, Tensor, check_requested_outputs, model_metadata, output_tensors,
-                         server_metadata, texts_from_inputs)
+from service.errors import ErrorResponse, InvalidInputError, describe_validation_errors
+from service.oip import OUTPUT_NAMES, Tensor, model_metadata, server_metadata
 
 router = APIRouter(prefix="/v2")
 
@@ -119,33 +118,26 @@ async def _read_binary(request: Request) -> tuple[InferenceRequest, list[Tensor]
 
 async def _infer(request: Request, name: str, version: str | None,
                  body: InferenceRequest | None) -> InferenceResponse | Response:
-    """The one infer path for both encodings: ``body`` is FastAPI's parse of a JSON body, or None for a body
-    in the binary tensor data extension, decoded here (inside the request's metrics, so a bad one counts)."""
-    plane = dataplane(request)
-    route = "/v2/models/{name}/infer"
-    with track_request(route):
+    """The REST side of ``oip.infer`` for both encodings: ``body`` is FastAPI's parse of a JSON body, or
+    None for a body in the binary tensor data extension, decoded here (inside the request's metrics, so a
+    bad one counts). Decoding a request includes its binary output flags, checked before the work."""
+    with track_request("/v2/models/{name}/infer"):
         if body is None:
             body, inputs = await _read_binary(request)
         else:
             inputs = [Tensor(i.name, i.datatype, i.shape, i.data) for i in body.inputs]
-        plane.model(name, version)  # 404 before any work for an unknown name or version
-        texts = texts_from_inputs(inputs)
         requested = [o.name for o in body.outputs] if body.outputs else None
-        check_requested_outputs(requested)  # fail before the work, not after
         binary = rest_binary.binary_outputs(body.parameters, body.outputs, requested or OUTPUT_NAMES)
-        result = await plane.classify(texts)
-        if version is not None and result.model_version != version:
-            # A swap landed between the check and the batch: say so rather than answer for another version.
-            raise ModelNotReadyError(f"version {version} was swapped out while the request waited; retry")
-        tensors = output_tensors(result, requested)
-        header = {"model_name": result.model_name, "model_version": result.model_version,
+        answer = await oip.infer(dataplane(request), name, version, inputs, requested)
+        header = {"model_name": answer.model_name, "model_version": answer.model_version,
                   "id": body.id or uuid.uuid4().hex}
         if binary:
-            content, header_length = rest_binary.encode_response(header, tensors, binary)
+            content, header_length = rest_binary.encode_response(header, answer.outputs, binary)
             return Response(content, media_type=rest_binary.OCTET_STREAM,
                             headers={"Inference-Header-Content-Length": str(header_length)})
         return InferenceResponse(**header, outputs=[
-            ResponseOutput(name=t.name, shape=t.shape, datatype=t.datatype, data=t.data) for t in tensors])
+            ResponseOutput(name=t.name, shape=t.shape, datatype=t.datatype, data=t.data)
+            for t in answer.outputs])
 
 
 class InferRoute(APIRoute):

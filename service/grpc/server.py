@@ -21,13 +21,13 @@ import grpc
 from google.protobuf.message import Message
 
 import tuneloop
+from service import oip
 from service.dataplane import DataPlane, track_request
-from service.errors import ModelNotReadyError, ServiceError
+from service.errors import ServiceError
 from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.oip import (check_requested_outputs, model_metadata, output_tensors, server_metadata,
-                         texts_from_inputs)
+from service.oip import model_metadata, server_metadata
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
         version = request.model_version or None  # proto3: "" means "whichever is served"
-        self.plane.model(request.model_name, version)  # NOT_FOUND before any work
-        texts = texts_from_inputs(codec.input_tensors(request))
+        inputs = codec.input_tensors(request)
         requested = [o.name for o in request.outputs] or None
-        check_requested_outputs(requested)  # fail before the work, not after
-        result = await asyncio.wait_for(self.plane.classify(texts), timeout=_timeout(context))
-        if version is not None and result.model_version != version:
-            # A swap landed between the check and the batch: say so rather than answer for another version.
-            raise ModelNotReadyError(f"version {version} was swapped out while the request waited; retry")
-        return codec.infer_response(result.model_name, result.model_version, request.id,
-                                    output_tensors(result, requested), raw=bool(request.raw_input_contents))
+        answer = await asyncio.wait_for(oip.infer(self.plane, request.model_name, version, inputs, requested),
+                                        timeout=_timeout(context))
+        return codec.infer_response(answer.model_name, answer.model_version, request.id, answer.outputs,
+                                    raw=bool(request.raw_input_contents))
 
 
 def _timeout(context: Ctx) -> float:
