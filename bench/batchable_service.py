@@ -37,11 +37,11 @@ import uuid
 import bentoml
 import numpy as np
 from pydantic import BaseModel
-from scipy.special import softmax
 from starlette.responses import JSONResponse
 
 from service.classify_schema import ClassifyResponse, PredictionOut
 from service.model import load_served_model
+from tuneloop.inference import softmax
 from tuneloop.registry import Registry
 from tuneloop.settings import get_settings
 
@@ -133,8 +133,7 @@ class Batchable:
         # Through BentoML's self-proxy (its app, in process), so that the call reaches the dispatcher.
         # to_async: infer is sync, so self.infer(...) would take the proxy's sync client and block the loop.
         rows: list[Row] = await self.to_async.infer(texts)  # type: ignore[attr-defined]
-        logits = np.asarray([row.logits for row in rows], dtype=np.float64)
-        probabilities = softmax(logits, axis=1).astype(np.float32)
+        probabilities = softmax(np.asarray([row.logits for row in rows]))
         best = probabilities.argmax(axis=1)
         predictions = [
             PredictionOut(request_id=uuid.uuid4().hex, label=self.labels[k], score=float(probabilities[i, k]),

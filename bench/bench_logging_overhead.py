@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_serving import bench_texts, ensure_model, interleaved_rounds, run_wrk, with_cpu  # noqa: E402
-from tests.server_process import ServerProcess, free_port  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
+from tuneloop.events.broker import free_port  # noqa: E402
 from tuneloop.events.broker import TansuBroker  # noqa: E402
 
 CONCURRENCY = (8, 32)

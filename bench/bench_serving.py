@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from service.model import load_served_model  # noqa: E402
 from tests.conftest import AMAZON, IMDB, YELP, read_sentences  # noqa: E402
-from tests.server_process import ServerProcess, free_port, tree_cpu_seconds  # noqa: E402
+from tests.server_process import ServerProcess, tree_cpu_seconds  # noqa: E402
+from tuneloop.events.broker import free_port  # noqa: E402
 from tuneloop.inference import OnnxTextClassifier, choose_providers  # noqa: E402
 from tuneloop.registry import Registry, State  # noqa: E402
 from tuneloop.settings import get_settings  # noqa: E402

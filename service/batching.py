@@ -24,11 +24,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import softmax
 
 from service.metrics import BATCH_SIZE, INFERENCE_DURATION, PREDICTIONS
 from service.model import ServedModel
-from tuneloop.inference import Tokenized
+from tuneloop.inference import Tokenized, softmax
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ class MicroBatcher:
             INFERENCE_DURATION.labels(model.version).observe(run.seconds)
             BATCH_SIZE.labels(model.version).observe(len(run.rows))
             # Here rather than once per request on the event loop, which every transport waits on.
-            probabilities = softmax(run.logits.astype(np.float64), axis=1).astype(np.float32)
+            probabilities = softmax(run.logits)
             for label, count in zip(*np.unique(probabilities.argmax(axis=1), return_counts=True)):
                 PREDICTIONS.labels(model.version, model.labels[label]).inc(int(count))
             result.probabilities[run.rows] = probabilities

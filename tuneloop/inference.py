@@ -16,11 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from scipy.special import softmax as _softmax
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tuneloop.settings import Spinning
 
 log = logging.getLogger(__name__)
+
+# What every exported graph answers, in this order (adapter/export/onnx_export.py writes them).
+OUTPUT_NAMES = ("logits", "embedding")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities per row: computed in float64 so that large logits neither overflow nor lose the
+    small probabilities, returned as float32 like every other array the service hands out."""
+    return _softmax(logits.astype(np.float64), axis=1).astype(np.float32)
 
 
 def available_providers() -> list[str]:
@@ -196,7 +206,7 @@ class OnnxTextClassifier:
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if self.provider == "CUDAExecutionProvider":
             return self._run_bound(feeds)
-        logits, embedding = self.session.run(["logits", "embedding"], feeds)
+        logits, embedding = self.session.run(OUTPUT_NAMES, feeds)
         return logits.astype(np.float32), embedding.astype(np.float32)
 
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +215,7 @@ class OnnxTextClassifier:
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
-        for name in ("logits", "embedding"):
+        for name in OUTPUT_NAMES:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         logits, embedding = binding.copy_outputs_to_cpu()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from tuneloop.inference import softmax
 from tuneloop.registry import EvalMetrics
 from tuneloop.registry.card import ClassMetrics
 
@@ -25,7 +25,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 
 def evaluate_logits(logits: np.ndarray, labels: list[int] | np.ndarray, label_names: list[str]) -> EvalMetrics:
     y_true = np.asarray(labels)
-    probabilities = softmax(logits.astype(np.float64), axis=1)
+    probabilities = softmax(logits)
     y_pred = probabilities.argmax(axis=1)
     ids = list(range(len(label_names)))
     precision, recall, f1, support = precision_recall_fscore_support(

@@ -18,8 +18,8 @@ from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.server import start_grpc_server
 from service.oip import Tensor
-from tests.server_process import free_port
 from tests.service.conftest import classify_now, start_dataplane
+from tuneloop.events.broker import free_port
 
 TEXTS = ["great phone, love it", "battery died after a day", "works as advertised", "the screen cracked"]
 
