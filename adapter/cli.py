@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from adapter.errors import AdapterError
-from tuneloop.registry import ModelCard, RegistryError
+from tuneloop.registry import ModelCard, Registry, RegistryError, State
+
+if TYPE_CHECKING:
+    from adapter.training.hyperparameters import Hyperparameters
+    from adapter.training.search import SearchConfig
 
 console = Console()
 err = Console(stderr=True)
@@ -47,36 +51,89 @@ def _parse_named_paths(values: list[str]) -> dict[str, Path]:
     return named
 
 
+def _given(**options: object) -> dict[str, object]:
+    """The options the user gave: an option left out keeps the default of the one place that owns it."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _hyperparameters(strategy: str | None, run: dict[str, object], knobs: dict[str, object]) -> Hyperparameters:
+    """Hyperparameters from the given options; ``knobs`` are the strategy's own (``--lora-r`` → ``r``)."""
+    from pydantic import ValidationError
+
+    from adapter.training.hyperparameters import Hyperparameters
+    from adapter.training.strategies import CONFIGS, StrategyName
+
+    values: dict[str, object] = dict(run)
+    if strategy is not None:
+        values["strategy"] = strategy
+    if knobs:
+        name = strategy or StrategyName.FULL.value
+        config = CONFIGS.get(name)  # type: ignore[call-overload]
+        misplaced = [_KNOB_OPTIONS[k] for k in knobs if config is None or k not in config.model_fields]
+        if misplaced:
+            verb = "is not an option" if len(misplaced) == 1 else "are not options"
+            raise AdapterError(f"{', '.join(misplaced)} {verb} of --strategy {name}")
+        values["strategy"] = {"name": name, **knobs}
+    try:
+        return Hyperparameters.model_validate(values)
+    except ValidationError as exc:
+        raise AdapterError("invalid hyperparameters: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+
+
+_KNOB_OPTIONS = {"frozen_layers": "--frozen-layers", "r": "--lora-r", "alpha": "--lora-alpha",
+                 "dropout": "--lora-dropout"}
+
+
+def _search(method: str | None, trials: int | None, space_file: Path | None) -> SearchConfig | None:
+    from adapter.training.search import SearchConfig, SearchMethod, SearchSpace
+
+    if method is None:
+        if trials is not None or space_file is not None:
+            raise AdapterError("--trials and --search-space need --search grid|random|bayes")
+        return None
+    try:
+        chosen = SearchMethod(method)
+    except ValueError:
+        raise AdapterError(f"unknown search method {method!r}; use "
+                           f"{', '.join(m.value for m in SearchMethod)}") from None
+    space = SearchSpace.from_file(space_file) if space_file else None
+    return SearchConfig(method=chosen, space=space, **_given(trials=trials))
+
+
 def train(
     data: Annotated[Path, typer.Option("--data", help="Labelled data: CSV, TSV/TXT, JSONL or a saved HF dataset folder.")],
     fmt: Annotated[Optional[str], typer.Option("--format", help="csv, tsv, jsonl or hf (default: from the suffix).")] = None,
-    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
-    label_column: Annotated[str, typer.Option(help="Column holding the label (names or integers).")] = "label",
+    text_column: Annotated[Optional[str], typer.Option(help="Column holding the text [default: text].")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Column holding the label (names or integers) [default: label].")] = None,
     validation_file: Annotated[Optional[Path], typer.Option(help="Explicit validation split.")] = None,
     test_file: Annotated[Optional[Path], typer.Option(help="Explicit test split.")] = None,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    validation_fraction: Annotated[Optional[float], typer.Option(help="Share held out for validation [default: 0.1].")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option(help="Share held out for the test [default: 0.1].")] = None,
     extra_test: Annotated[list[str], typer.Option("--extra-test", help="Another held-out set, NAME=PATH (repeatable).")] = [],  # noqa: B006
-    base_model: Annotated[Optional[str], typer.Option(help="HF model folder or hub id; default: the bundled MiniLM-L6.")] = None,
+    base_model: Annotated[Optional[str], typer.Option(
+        help="HF model folder or hub id, or a registered version (v3) to continue; default: the bundled MiniLM-L6.")] = None,
     model_name: Annotated[Optional[str], typer.Option(help="Name of the model in the registry.")] = None,
-    strategy: Annotated[str, typer.Option(help="full, freeze or lora.")] = "full",
-    learning_rate: float = 5e-5,
-    batch_size: int = 32,
-    epochs: int = 3,
-    weight_decay: float = 0.01,
-    dropout: float = 0.1,
-    warmup_ratio: float = 0.1,
-    max_length: int = 128,
-    max_grad_norm: float = 1.0,
-    seed: int = 42,
-    class_weights: Annotated[str, typer.Option(help="none or balanced.")] = "none",
-    patience: Annotated[int, typer.Option(help="Early-stopping patience, in epochs without a better val macro-F1.")] = 2,
-    frozen_layers: Annotated[int, typer.Option(help="freeze: encoder layers frozen from the bottom.")] = 4,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.1,
+    strategy: Annotated[Optional[str], typer.Option(help="full, freeze or lora [default: full].")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(
+        help="[default: the strategy's: 5e-5 full and freeze, 1e-3 lora]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="[default: 32]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="[default: 3]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="[default: 0.01]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="[default: 0.1]")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option(help="[default: 0.1]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Tokens per text [default: 128].")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="[default: 1.0]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the training run and of the splits [default: 42].")] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help="none or balanced [default: none].")] = None,
+    patience: Annotated[Optional[int], typer.Option(
+        help="Early-stopping patience, in epochs without a better val macro-F1 [default: 2].")] = None,
+    frozen_layers: Annotated[Optional[int], typer.Option(help="freeze: encoder layers frozen from the bottom [default: 4].")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="lora: rank of the adapters [default: 8].")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="lora: scale of the adapters [default: 16].")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="lora: dropout on the adapters [default: 0.1].")] = None,
     search: Annotated[Optional[str], typer.Option(help="Hyperparameter search: grid, random or bayes.")] = None,
-    trials: Annotated[int, typer.Option(help="Trial budget of the search.")] = 4,
+    trials: Annotated[Optional[int], typer.Option(help="Trial budget of the search [default: 4].")] = None,
     search_space: Annotated[Optional[Path], typer.Option(help="YAML search space (default: lr, weight decay, dropout).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Also export a dynamically quantised int8 graph (CPU).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also export an fp16 graph (GPU).")] = False,
@@ -86,45 +143,39 @@ def train(
 ) -> None:
     """Fine-tune a pre-trained encoder on labelled text, export it to ONNX and register it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
-    from pydantic import ValidationError
-
-    from adapter.pipeline import train_and_register
+    from adapter.pipeline import train_candidate
     from adapter.training.data import load_labelled_data, load_test_set
-    from adapter.training.hyperparameters import Hyperparameters
-    from adapter.training.search import SearchSpace
-    from tuneloop.cli import settings_from_options
+    from tuneloop.cli import current_actor, settings_from_options
 
     try:
         settings = settings_from_options(config, registry)
         if int8 or fp16:
             settings.export = settings.export.model_copy(update={"int8": int8 or settings.export.int8,
                                                                  "fp16": fp16 or settings.export.fp16})
-        try:
-            hp = Hyperparameters(
-                strategy=strategy, learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
-                weight_decay=weight_decay, dropout=dropout, warmup_ratio=warmup_ratio, max_length=max_length,
-                max_grad_norm=max_grad_norm, seed=seed, class_weights=class_weights, patience=patience,
-                frozen_layers=frozen_layers, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            )
-        except ValidationError as exc:
-            raise AdapterError("invalid hyperparameters: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-        if search is not None and search not in ("grid", "random", "bayes"):
-            raise AdapterError(f"unknown search method {search!r}; use grid, random or bayes")
+        hp = _hyperparameters(
+            strategy,
+            _given(learning_rate=learning_rate, batch_size=batch_size, epochs=epochs, weight_decay=weight_decay,
+                   dropout=dropout, warmup_ratio=warmup_ratio, max_length=max_length, max_grad_norm=max_grad_norm,
+                   seed=seed, class_weights=class_weights, patience=patience),
+            _given(frozen_layers=frozen_layers, r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
+        )
+        search_config = _search(search, trials, search_space)
+        columns = _given(text_column=text_column, label_column=label_column, fmt=fmt)
         labelled = load_labelled_data(
-            data, text_column=text_column, label_column=label_column, fmt=fmt,
-            validation_file=validation_file, test_file=test_file,
-            validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
+            data, **columns, validation_file=validation_file, test_file=test_file, seed=hp.seed,
+            **_given(validation_fraction=validation_fraction, test_fraction=test_fraction),
         )
-        extras = {name: load_test_set(path, labelled.label_names, text_column=text_column,
-                                      label_column=label_column, fmt=fmt)
+        extras = {name: load_test_set(path, labelled.label_names, **columns)
                   for name, path in _parse_named_paths(extra_test).items()}
-        space = SearchSpace.from_file(search_space) if search_space else None
-        err.print(f"data: {labelled.sizes}, labels {labelled.label_names}; strategy {hp.strategy}")
-        outcome = train_and_register(
+        err.print(f"data: {labelled.sizes}, labels {labelled.label_names}; strategy {hp.strategy.name.value}, "
+                  f"learning rate {hp.learning_rate:g}")
+        outcome = train_candidate(
             labelled, hp, settings, base_model=base_model, model_name=model_name, extra_test_sets=extras,
-            search=search, trials=trials, search_space=space, show_progress=progress,  # type: ignore[arg-type]
+            search=search_config, actor=current_actor(None), show_progress=progress,
         )
+        # ONNX parity, checked before registering, is the gate this command runs; the adapter runs its own.
+        registry_ = Registry(settings.registry)
+        registry_.transition(outcome.version, State.AWAITING_APPROVAL, current_actor(None), "ONNX parity passed")
     except (AdapterError, RegistryError) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -134,9 +185,10 @@ def train(
     t = card.timings
     console.print(f"trained in {t.train_seconds:.1f} s ({t.train_samples_per_second:.1f} samples/s), "
                   f"exported in {t.export_seconds:.1f} s")
-    console.print(f"registered [bold]{card.model_name} {outcome.version}[/] in {settings.registry} "
-                  f"— state [cyan]{outcome.state.value}[/]. Next: tuneloop models approve {outcome.version}; "
-                  f"tuneloop models promote {outcome.version}")
+    lineage = f" (continues {card.parent_version})" if card.parent_version else ""
+    console.print(f"registered [bold]{card.model_name} {outcome.version}[/]{lineage} in {settings.registry} "
+                  f"— state [cyan]{State.AWAITING_APPROVAL.value}[/]. Next: tuneloop models approve "
+                  f"{outcome.version}; tuneloop models promote {outcome.version}")
 
 
 def register(app: typer.Typer) -> None:

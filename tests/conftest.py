@@ -36,10 +36,10 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from adapter.training.base_model import resolve_base_model
+    from adapter.training.base_model import minilm_folder
 
     out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizerFast.from_pretrained(resolve_base_model("minilm"))
+    tokenizer = BertTokenizerFast.from_pretrained(minilm_folder())
     tokenizer.save_pretrained(out)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)

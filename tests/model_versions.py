@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapter.pipeline import train_and_register
+from adapter.pipeline import train_candidate
 from adapter.training.data import load_labelled_data
 from adapter.training.hyperparameters import Hyperparameters
 from tuneloop.registry import Registry, State
@@ -14,11 +14,13 @@ TINY = dict(epochs=1, batch_size=16, max_length=32, learning_rate=1e-3)
 
 
 def train_tiny_version(registry_root: Path, data_path: Path, base_model: Path, seed: int = 42) -> str:
-    """Train, export and register a tiny classifier; returns its version (awaiting approval)."""
+    """Train, export and register a tiny classifier; returns its version, awaiting approval as after
+    ``tuneloop train``."""
     settings = load_settings(registry=str(registry_root))
     data = load_labelled_data(data_path, validation_fraction=0.2, test_fraction=0.2, seed=seed)
-    outcome = train_and_register(data, Hyperparameters(**TINY, seed=seed), settings, base_model=str(base_model),
-                                 show_progress=False)
+    outcome = train_candidate(data, Hyperparameters(**TINY, seed=seed), settings, base_model=str(base_model),
+                              show_progress=False)
+    Registry(registry_root).transition(outcome.version, State.AWAITING_APPROVAL, "test", "parity passed")
     return outcome.version
 
 

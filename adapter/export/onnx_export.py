@@ -13,7 +13,8 @@ from onnxruntime.transformers.optimizer import optimize_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adapter.errors import ExportError
-from adapter.export.graph import OUTPUT_NAMES, ClassifierWithEmbedding
+from adapter.training.classifier import ClassifierWithEmbedding
+from tuneloop.inference import OUTPUT_NAMES
 from tuneloop.settings import ExportSettings
 
 ONNX_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model.int8.onnx", "fp16": "onnx/model.fp16.onnx"}
@@ -30,7 +31,7 @@ def export_raw(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         torch.onnx.export(
             wrapper, tuple(sample[n] for n in names), str(path), input_names=names,
-            output_names=OUTPUT_NAMES, dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+            output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=opset, dynamo=False,
         )
     onnx.checker.check_model(str(path))
 

@@ -1,4 +1,5 @@
-"""One fine-tuning run with the transformers Trainer: a pre-trained encoder, a new classification head.
+"""One fine-tuning run with the transformers Trainer: a pre-trained encoder (or a registered version to
+continue), a classification head, the strategy's trainable weights.
 
 Speed on CPU comes from dynamic padding (pad to the longest text of a batch, not to max_length)
 and length-grouped batches (texts of similar length share a batch, so there is little padding).
@@ -8,19 +9,15 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
-from scipy.special import softmax
 from sklearn.metrics import f1_score
 from sklearn.utils.class_weight import compute_class_weight
 from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     PreTrainedModel,
@@ -31,12 +28,12 @@ from transformers import (
     set_seed,
 )
 
-from adapter.errors import TrainingError
-from adapter.export.graph import ClassifierWithEmbedding
+from adapter.training.base_model import BaseModelSource, load_tokenizer
+from adapter.training.classifier import load_classifier
 from adapter.training.data import LabelledData, Split
 from adapter.training.hyperparameters import Hyperparameters
 from adapter.training.progress import RichProgressCallback
-from adapter.training.strategies import build_strategy, trainable_share
+from adapter.training.strategies import trainable_share
 
 
 @dataclass
@@ -49,7 +46,6 @@ class FineTuned:
     train_seconds: float
     train_samples_per_second: float
     trainable_share: float
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _WeightedLossTrainer(Trainer):
@@ -80,22 +76,6 @@ def _macro_f1(eval_pred: Any) -> dict[str, float]:
     return {"f1_macro": float(f1_score(labels, np.argmax(logits, axis=1), average="macro"))}
 
 
-def load_classifier(base_model: str, label_names: list[str], dropout: float) -> PreTrainedModel:
-    config = AutoConfig.from_pretrained(
-        base_model, num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
-    )
-    # BERT-style dropout knobs; other architectures ignore the unknown attributes.
-    config.hidden_dropout_prob = dropout
-    config.attention_probs_dropout_prob = dropout
-    config.classifier_dropout = dropout
-    try:
-        # The classification head is new: its weights are missing from the checkpoint by design.
-        return AutoModelForSequenceClassification.from_pretrained(base_model, config=config)
-    except OSError as exc:
-        raise TrainingError(f"cannot load base model {base_model!r}: {exc}") from None
-
-
 def _quiet_library_progress() -> None:
     """datasets and transformers draw tqdm bars of their own for map() and saving; ours is enough."""
     import datasets
@@ -105,13 +85,14 @@ def _quiet_library_progress() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def fine_tune(data: LabelledData, hp: Hyperparameters, base_model: str, *, show_progress: bool = True,
+def fine_tune(data: LabelledData, hp: Hyperparameters, base: BaseModelSource, *, show_progress: bool = True,
               description: str = "fine-tuning") -> FineTuned:
     _quiet_library_progress()
+    base.check_labels(data.label_names)
     set_seed(hp.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    strategy = build_strategy(hp)
-    model = strategy.prepare(load_classifier(base_model, data.label_names, hp.dropout))
+    strategy = hp.strategy.build()
+    model = strategy.prepare(load_classifier(base.weights, data.label_names, hp.dropout))
+    tokenizer = load_tokenizer(base, model.config)
     share = trainable_share(model)
 
     train_ds = _tokenized(data.train, tokenizer, hp.max_length)
@@ -161,7 +142,6 @@ def fine_tune(data: LabelledData, hp: Hyperparameters, base_model: str, *, show_
         result = trainer.train()
         seconds = time.perf_counter() - started
         best = trainer.state.best_metric
-        history = [h for h in trainer.state.log_history if "eval_f1_macro" in h or "loss" in h]
         epochs_run = float(trainer.state.epoch or hp.epochs)
     model = strategy.finalize(trainer.model).eval()
     return FineTuned(
@@ -170,31 +150,5 @@ def fine_tune(data: LabelledData, hp: Hyperparameters, base_model: str, *, show_
         epochs_run=epochs_run, train_seconds=seconds,
         train_samples_per_second=float(result.metrics.get("train_samples_per_second", 0.0))
         or len(data.train) * epochs_run / seconds,
-        trainable_share=share, history=history,
+        trainable_share=share,
     )
-
-
-@torch.inference_mode()
-def predict_torch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                  max_length: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and sentence embeddings for ``texts``, in their order; batches sorted by length."""
-    wrapper = ClassifierWithEmbedding(model).eval()
-    device = model.device  # the GPU where training ran on one
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    logits_out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-    emb_out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
-        logits, embedding = wrapper(**{k: v.to(device) for k, v in enc.items()
-                                       if k in ("input_ids", "attention_mask", "token_type_ids")})
-        logits, embedding = logits.float().cpu(), embedding.float().cpu()
-        for row, i in enumerate(idx):
-            logits_out[i] = logits[row].numpy()
-            emb_out[i] = embedding[row].numpy()
-    return np.stack(logits_out).astype(np.float32), np.stack(emb_out).astype(np.float32)
-
-
-def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
-    return softmax(logits.astype(np.float64), axis=1).astype(np.float32)

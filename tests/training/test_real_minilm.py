@@ -1,22 +1,37 @@
-"""The real thing: fine-tune the pretrained MiniLM-L6 on the real amazon sentences."""
+"""The real thing: fine-tune the pretrained MiniLM-L6 on the real amazon sentences, and train it with LoRA
+from the command line with LoRA's own defaults."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from adapter.pipeline import train_and_register
-from adapter.training.data import load_labelled_data, load_test_set
+from adapter.pipeline import TrainOutcome, train_candidate
+from adapter.training.data import LabelledData, load_labelled_data, load_test_set
 from adapter.training.hyperparameters import Hyperparameters
 from tests.conftest import AMAZON, YELP
 from tuneloop.registry import Registry
+from tuneloop.settings import Settings, load_settings
+
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
-def test_minilm_on_amazon_reaches_085_test_accuracy(settings) -> None:
+@pytest.fixture(scope="module")
+def amazon_version(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, LabelledData, TrainOutcome]:
+    settings = load_settings(registry=str(tmp_path_factory.mktemp("real-minilm") / "registry"))
     data = load_labelled_data(AMAZON)
     yelp = load_test_set(YELP, data.label_names)
-    outcome = train_and_register(data, Hyperparameters(epochs=3, max_length=64), settings,
-                                 extra_test_sets={"yelp": yelp}, show_progress=False)
+    outcome = train_candidate(data, Hyperparameters(epochs=3, max_length=64), settings,
+                              extra_test_sets={"yelp": yelp}, show_progress=False)
+    return settings, data, outcome
+
+
+def test_minilm_on_amazon_reaches_085_test_accuracy(amazon_version) -> None:
+    settings, _, outcome = amazon_version
     card = outcome.card
     assert card.base_model == "minilm"
     assert card.metrics["test"].accuracy >= 0.85, card.metrics["test"]
@@ -24,3 +39,21 @@ def test_minilm_on_amazon_reaches_085_test_accuracy(settings) -> None:
     assert card.parity["fp32"].passed and card.parity["fp32"].label_agreement == 1.0
     assert card.embedding_dim == 384
     Registry(settings.registry).verify(outcome.version)
+
+
+def test_lora_with_its_own_defaults_learns(tmp_path: Path) -> None:
+    """`tuneloop train --strategy lora` as a new user runs it: no learning rate given."""
+    registry = tmp_path / "registry"
+    done = subprocess.run(
+        [sys.executable, "-m", "tuneloop.cli", "train", "--data", str(AMAZON), "--strategy", "lora",
+         "--max-length", "64", "--registry", str(registry), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(subprocess.run([sys.executable, "-m", "tuneloop.cli", "models", "list", "--json",
+                                        "--registry", str(registry)], capture_output=True, text=True).stdout)
+    card = Registry(registry).card(listed[0]["version"])
+    print(f"LoRA defaults: learning rate {card.hyperparameters['learning_rate']}, "
+          f"test accuracy {card.metrics['test'].accuracy:.3f}")
+    assert card.hyperparameters["learning_rate"] == 1e-3
+    assert card.metrics["test"].accuracy >= 0.80, card.metrics["test"]

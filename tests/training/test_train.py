@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pydantic import ValidationError
+
 from adapter.errors import ParityError, TrainingError
-from adapter.pipeline import train_and_register
+from adapter.pipeline import train_candidate
+from adapter.training.base_model import resolve_base_model
+from adapter.training.classifier import load_classifier
 from adapter.training.data import load_labelled_data
 from adapter.training.hyperparameters import Hyperparameters
-from adapter.training.search import SearchSpace, run_search
-from adapter.training.strategies import build_strategy
-from adapter.training.trainer import fine_tune, load_classifier
+from adapter.training.search import SearchConfig, SearchMethod, SearchSpace, run_search
+from adapter.training.strategies import FreezeConfig, FullConfig, LoraConfig
+from adapter.training.trainer import fine_tune
 from tuneloop.inference import OnnxTextClassifier
 from tuneloop.registry import Registry, State
 
@@ -28,12 +32,13 @@ def data(small_amazon: Path):
     return load_labelled_data(small_amazon, validation_fraction=0.2, test_fraction=0.2)
 
 
-def test_train_registers_a_verified_version_with_card_and_reference(data, tiny_bert: Path, settings) -> None:
+def test_train_registers_a_verified_candidate_with_card_and_reference(data, tiny_bert: Path, settings) -> None:
     settings.export = settings.export.model_copy(update={"int8": True})
-    outcome = train_and_register(data, Hyperparameters(**FAST), settings, base_model=str(tiny_bert),
-                                 show_progress=False)
+    outcome = train_candidate(data, Hyperparameters(**FAST), settings, base_model=str(tiny_bert),
+                              show_progress=False)
     reg = Registry(settings.registry)
-    assert outcome.version == "v1" and reg.state("v1") == State.AWAITING_APPROVAL
+    # What comes next is the caller's decision: tuneloop train asks for approval, the adapter runs gates.
+    assert outcome.version == "v1" and outcome.state == State.CANDIDATE and reg.state("v1") == State.CANDIDATE
     version = reg.open_version("v1")
     card = version.card
     assert set(card.onnx_files) == {"fp32", "int8"}
@@ -49,32 +54,31 @@ def test_train_registers_a_verified_version_with_card_and_reference(data, tiny_b
     onnx = OnnxTextClassifier(version.onnx_path(), version.tokenizer_dir, max_length=card.max_length)
     _, emb = onnx.predict(list(ref["texts"]))
     np.testing.assert_allclose(emb, ref["embeddings"], atol=1e-4)
-    assert [a.to_state for a in reg.audit_log("v1")] == ["candidate", "awaiting_approval"]
+    assert [a.to_state for a in reg.audit_log("v1")] == ["candidate"]
 
 
 def test_parity_failure_refuses_the_export(data, tiny_bert: Path, settings) -> None:
     impossible = settings.export.parity_fp32.model_copy(update={"max_abs_logit_diff": 1e-15})
     settings.export = settings.export.model_copy(update={"parity_fp32": impossible})
     with pytest.raises(ParityError, match="export refused"):
-        train_and_register(data, Hyperparameters(**FAST), settings, base_model=str(tiny_bert), show_progress=False)
+        train_candidate(data, Hyperparameters(**FAST), settings, base_model=str(tiny_bert), show_progress=False)
     assert Registry(settings.registry).list_versions() == []
 
 
 def test_freeze_strategy_freezes_embeddings_and_lower_layers(tiny_bert: Path) -> None:
-    hp = Hyperparameters(strategy="freeze", frozen_layers=1)
-    model = build_strategy(hp).prepare(load_classifier(str(tiny_bert), ["0", "1"], 0.1))
+    model = FreezeConfig(frozen_layers=1).build().prepare(load_classifier(str(tiny_bert), ["0", "1"], 0.1))
     bert = model.base_model
     assert not any(p.requires_grad for p in bert.embeddings.parameters())
     assert not any(p.requires_grad for p in bert.encoder.layer[0].parameters())
     assert all(p.requires_grad for p in bert.encoder.layer[1].parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
     with pytest.raises(TrainingError, match="has 2"):
-        build_strategy(Hyperparameters(strategy="freeze", frozen_layers=5)).prepare(
-            load_classifier(str(tiny_bert), ["0", "1"], 0.1))
+        FreezeConfig(frozen_layers=5).build().prepare(load_classifier(str(tiny_bert), ["0", "1"], 0.1))
 
 
 def test_lora_trains_only_adapters_and_head_then_merges(data, tiny_bert: Path) -> None:
-    tuned = fine_tune(data, Hyperparameters(strategy="lora", lora_r=4, **FAST), str(tiny_bert), show_progress=False)
+    hp = Hyperparameters(strategy=LoraConfig(r=4), **FAST)
+    tuned = fine_tune(data, hp, resolve_base_model(str(tiny_bert)), show_progress=False)
     assert tuned.trainable_share < 0.2
     names = [n for n, _ in tuned.model.named_modules()]
     assert not any("lora" in n for n in names)  # merged: export sees a plain BertForSequenceClassification
@@ -82,15 +86,28 @@ def test_lora_trains_only_adapters_and_head_then_merges(data, tiny_bert: Path) -
 
 
 def test_unknown_strategy() -> None:
-    with pytest.raises(TrainingError, match="unknown strategy 'bitfit'"):
-        build_strategy(Hyperparameters(strategy="bitfit"))
+    with pytest.raises(ValidationError, match="unknown strategy 'bitfit'"):
+        Hyperparameters(strategy="bitfit")
+
+
+def test_each_strategy_brings_its_own_defaults() -> None:
+    assert Hyperparameters().strategy == FullConfig() and Hyperparameters().learning_rate == 5e-5
+    lora = Hyperparameters(strategy="lora")
+    assert lora.strategy == LoraConfig() and lora.learning_rate == LoraConfig.default_learning_rate == 1e-3
+    assert Hyperparameters(strategy="lora", learning_rate=2e-4).learning_rate == 2e-4  # given wins
+    from_policy = Hyperparameters.model_validate({"strategy": {"name": "freeze", "frozen_layers": 2}, "epochs": 5})
+    assert from_policy.strategy == FreezeConfig(frozen_layers=2) and from_policy.epochs == 5
+    with pytest.raises(ValidationError, match="r"):
+        Hyperparameters.model_validate({"strategy": {"name": "full", "r": 4}})  # LoRA's knob on full
+    tuned = lora.updated({"strategy.r": 16, "weight_decay": 0.0})
+    assert tuned.strategy.r == 16 and tuned.weight_decay == 0.0 and tuned.learning_rate == 1e-3
 
 
 @pytest.mark.parametrize("method", ["grid", "random", "bayes"])
 def test_search_keeps_best_trial_and_its_table(data, tiny_bert: Path, method: str) -> None:
-    space = SearchSpace.default()
-    result = run_search(data, Hyperparameters(**FAST | {"epochs": 1}), str(tiny_bert), method, trials=2,
-                        space=space, show_progress=False)
+    base = Hyperparameters(**FAST | {"epochs": 1})
+    search = SearchConfig(method=method, trials=2, space=SearchSpace.default(base))
+    result = run_search(data, base, resolve_base_model(str(tiny_bert)), search, show_progress=False)
     assert result.trials == 2 and len(result.table) == 2
     assert result.best_value == pytest.approx(result.table["value"].max())
     assert result.best.best_validation_f1 == pytest.approx(result.best_value)
@@ -128,6 +145,8 @@ def test_cli_train_then_list_show_promote(small_amazon: Path, tiny_bert: Path, t
         (["--data", "{small}", "--learning-rate", "-1"], "invalid hyperparameters"),
         (["--data", "{small}", "--search", "annealing"], "unknown search method"),
         (["--data", "{small}", "--extra-test", "yelp"], "NAME=PATH"),
+        (["--data", "{small}", "--lora-r", "4"], "--lora-r is not an option of --strategy full"),
+        (["--data", "{small}", "--trials", "4"], "--trials and --search-space need --search"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(small_amazon: Path, tiny_bert: Path, tmp_path: Path,
@@ -137,3 +156,15 @@ def test_cli_bad_input_is_one_clear_line(small_amazon: Path, tiny_bert: Path, tm
                    "--epochs", "1", "--no-progress")
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_options_left_out_keep_the_strategy_defaults(small_amazon: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    reg = str(tmp_path / "reg")
+    done = run_cli("train", "--data", str(small_amazon), "--base-model", str(tiny_bert), "--registry", reg,
+                   "--strategy", "lora", "--lora-r", "4", "--epochs", "1", "--max-length", "32", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    card = Registry(reg).card("v1")
+    assert card.strategy == "lora"
+    # No --learning-rate: LoRA's own default, not full fine-tuning's; no --lora-alpha: LoRA's default.
+    assert card.hyperparameters["learning_rate"] == LoraConfig.default_learning_rate
+    assert card.hyperparameters["strategy"] == LoraConfig(r=4).model_dump(mode="json")

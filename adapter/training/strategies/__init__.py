@@ -1,40 +1,26 @@
-"""Training strategies, chosen by name: each folder holds its ``config.py`` and ``model.py``.
-
-A strategy prepares a freshly loaded pre-trained classifier for training (what to freeze, which
-adapters to add) and finalises it afterwards (merge adapters), so that export always sees a plain
-transformers model.
+"""Training strategies, chosen by name: each folder holds its ``config.py`` (the knobs and their defaults,
+the one place they live) and ``model.py`` (what the strategy does to the model), as peft's methods do.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Annotated
 
+from pydantic import Field
 from torch import nn
 
-from adapter.errors import TrainingError
-from adapter.training.hyperparameters import Hyperparameters
-from adapter.training.strategies.freeze.model import FreezeStrategy
-from adapter.training.strategies.full.model import FullStrategy
-from adapter.training.strategies.lora.model import LoraStrategy
+from adapter.training.strategies.base import Strategy, StrategyName
+from adapter.training.strategies.freeze.config import FreezeConfig
+from adapter.training.strategies.full.config import FullConfig
+from adapter.training.strategies.lora.config import LoraConfig
 
+AnyStrategyConfig = Annotated[FullConfig | FreezeConfig | LoraConfig, Field(discriminator="name")]
+CONFIGS: dict[StrategyName, type[FullConfig | FreezeConfig | LoraConfig]] = {
+    StrategyName.FULL: FullConfig, StrategyName.FREEZE: FreezeConfig, StrategyName.LORA: LoraConfig,
+}
 
-class Strategy(Protocol):
-    name: str
-
-    def prepare(self, model: nn.Module) -> nn.Module: ...
-
-    def finalize(self, model: nn.Module) -> nn.Module: ...
-
-
-STRATEGIES = {"full": FullStrategy, "freeze": FreezeStrategy, "lora": LoraStrategy}
-
-
-def build_strategy(hp: Hyperparameters) -> Strategy:
-    try:
-        strategy_cls = STRATEGIES[hp.strategy]
-    except KeyError:
-        raise TrainingError(f"unknown strategy {hp.strategy!r}; use one of: {', '.join(STRATEGIES)}") from None
-    return strategy_cls(strategy_cls.config_from(hp))
+__all__ = ["AnyStrategyConfig", "CONFIGS", "FreezeConfig", "FullConfig", "LoraConfig", "Strategy", "StrategyName",
+           "trainable_share"]
 
 
 def trainable_share(model: nn.Module) -> float:

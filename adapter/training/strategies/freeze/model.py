@@ -3,19 +3,12 @@ from __future__ import annotations
 from torch import nn
 
 from adapter.errors import TrainingError
-from adapter.training.hyperparameters import Hyperparameters
 from adapter.training.strategies.freeze.config import FreezeConfig
 
 
 class FreezeStrategy:
-    name = "freeze"
-
     def __init__(self, config: FreezeConfig) -> None:
         self.config = config
-
-    @staticmethod
-    def config_from(hp: Hyperparameters) -> FreezeConfig:
-        return FreezeConfig(frozen_layers=hp.frozen_layers)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         encoder_model = model.base_model  # BertModel & co. for any *ForSequenceClassification
