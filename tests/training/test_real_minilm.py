@@ -1,5 +1,5 @@
-"""The real thing: fine-tune the pretrained MiniLM-L6 on the real amazon sentences, and train it with LoRA
-from the command line with LoRA's own defaults."""
+"""The real thing: fine-tune the pretrained MiniLM-L6 on the real amazon sentences, continue it on yelp,
+and train it with LoRA from the command line with LoRA's own defaults."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapter.pipeline import TrainOutcome, train_candidate
-from adapter.training.data import LabelledData, load_labelled_data, load_test_set
+from adapter.training.data import LabelledData, Split, load_labelled_data, load_test_set
 from adapter.training.hyperparameters import Hyperparameters
 from tests.conftest import AMAZON, YELP
 from tuneloop.registry import Registry
@@ -39,6 +39,30 @@ def test_minilm_on_amazon_reaches_085_test_accuracy(amazon_version) -> None:
     assert card.parity["fp32"].passed and card.parity["fp32"].label_agreement == 1.0
     assert card.embedding_dim == 384
     Registry(settings.registry).verify(outcome.version)
+
+
+def test_continuing_a_version_on_a_new_domain_keeps_its_home_domain(amazon_version) -> None:
+    """Continual fine-tuning from v1 on yelp with a replay of v1's own training data: it starts from v1's
+    weights and tokenizer, so it must not fall below v1 on v1's own test split."""
+    settings, amazon, parent = amazon_version
+    yelp = load_labelled_data(YELP, validation_fraction=0.2, test_fraction=0.4)
+    replay = Split(amazon.train.texts[:300], amazon.train.labels[:300])
+    mixed = LabelledData(
+        label_names=amazon.label_names,
+        train=Split(yelp.train.texts + replay.texts, yelp.train.labels + replay.labels),
+        validation=yelp.validation, test=yelp.test, files=yelp.files,
+    )
+    child = train_candidate(mixed, Hyperparameters(epochs=2, max_length=64), settings,
+                            base_model=parent.version, extra_test_sets={"amazon": amazon.test},
+                            show_progress=False)
+    card = child.card
+    assert card.parent_version == parent.version and card.base_model == "minilm"
+    home = parent.card.metrics["test"].accuracy
+    print(f"amazon test: parent {home:.3f}, child {card.metrics['amazon'].accuracy:.3f}; "
+          f"yelp test: child {card.metrics['test'].accuracy:.3f}")
+    # One sentence of the 100 in amazon's test split is 0.01: the child may lose at most that one.
+    assert card.metrics["amazon"].accuracy >= home - 0.01, (home, card.metrics["amazon"])
+    assert card.metrics["test"].accuracy >= 0.85, card.metrics["test"]
 
 
 def test_lora_with_its_own_defaults_learns(tmp_path: Path) -> None:
