@@ -109,7 +109,9 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: str | None = None
     ssl_password: str | None = Field(None, description="password of an encrypted ssl_keyfile")
     ssl_check_hostname: bool = True
-    # Consumer groups join in seconds instead of minutes against Tansu (../shared/NOTES.md).
+    # kafka-python takes a group's rebalance timeout from max_poll_interval_ms, and Tansu waits it out before
+    # a group joins: with the client's 300 s default a consumer gets no records for minutes, with 5 s it
+    # joins in about 2 s.
     max_poll_interval_ms: int = 5000
     session_timeout_ms: int = 4000
     heartbeat_interval_ms: int = 1000

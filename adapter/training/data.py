@@ -1,7 +1,7 @@
 """Loading labelled text and splitting it into train / validation / test.
 
 Formats: CSV, TSV (with or without a header; ``.txt`` files are read as headerless
-``text<TAB>label``, the layout of ../shared/data), JSONL, and a folder saved by
+``text<TAB>label``, the layout of the UCI sentiment-labelled sentences), JSONL, and a folder saved by
 Hugging Face ``datasets`` (``save_to_disk``).
 """
 

@@ -19,12 +19,14 @@ from monitoring.monitor import DriftMonitor
 from monitoring.reference import reference_from_arrays
 from monitoring.server import MonitorServer
 from monitoring.window import Observation
+from tuneloop.events.schemas import PredictionEvent, encode_embedding
 from tuneloop.settings import MonitorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = (
     "good bad phone battery screen great poor quality price works broke love hate sound case charger".split()
 )
+LABELS = ["negative", "positive"]
 DOMAIN_WORDS = "pasta waiter movie plot actor dessert cinema service menu script".split()
 
 
@@ -41,6 +43,23 @@ def synthetic_rows(n: int, rng: np.random.Generator, shift: float = 0.0, words: 
         "predictions": probabilities.argmax(1),
         "texts": texts,
     }
+
+
+def prediction_event(rows, i, version="v1", input_mode="text") -> PredictionEvent:
+    text = str(rows["texts"][i])
+    return PredictionEvent(
+        request_id=f"r{i}",
+        model_name="sentiment",
+        model_version=version,
+        input_mode=input_mode,
+        text=text if input_mode == "text" else None,
+        text_sha256=None if input_mode == "text" else "0" * 64,
+        text_length=len(text),
+        label=LABELS[int(rows["predictions"][i])],
+        probabilities={name: float(p) for name, p in zip(LABELS, rows["probabilities"][i], strict=True)},
+        embedding=encode_embedding(rows["embeddings"][i]),
+        latency_ms=3.0,
+    )
 
 
 def fed_monitor(version: str = "v1") -> tuple[DriftMonitor, MonitorServer]:
@@ -112,7 +131,7 @@ class PrometheusProcess:
     """Debian's ``/usr/bin/prometheus`` on a free loopback port, temp storage, the project's rules loaded."""
 
     def __init__(self, workdir: Path, targets: dict[str, str], binary: str = "/usr/bin/prometheus") -> None:
-        from tests.server_process import free_port
+        from tuneloop.events.broker import free_port
 
         self.port = free_port()
         self.workdir = workdir

@@ -1,8 +1,4 @@
-"""`tuneloop monitor` end to end on a real Tansu broker: predictions in, drift events and series out.
-
-TODO: switch to the shared broker fixture (tests/fixtures/broker.py) once it exists; TansuBroker is the
-same broker it will start.
-"""
+"""`tuneloop monitor` end to end on the suite's real Tansu broker: predictions in, drift events and series out."""
 
 from __future__ import annotations
 
@@ -18,16 +14,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.monitoring.stack import DOMAIN_WORDS, synthetic_rows
-from tests.monitoring.test_events import LABELS, prediction_event
-from tests.server_process import free_port
-from tuneloop.events.broker import TansuBroker
+from tests.fixtures.broker import isolated_settings
+from tests.monitoring.stack import DOMAIN_WORDS, LABELS, prediction_event, synthetic_rows
+from tuneloop.events.broker import free_port
 from tuneloop.events.client_config import ensure_topics
 from tuneloop.events.consumer import EventConsumer
 from tuneloop.events.producer import EventLog
 from tuneloop.registry import Registry
 from tuneloop.registry.card import ModelCard, Timings
-from tuneloop.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,25 +45,11 @@ def publish_synthetic_version(root: Path, staging: Path, rows: dict) -> str:
     return Registry(root).publish(staging, card, actor="test", reason="synthetic reference for the monitor")
 
 
-@pytest.fixture
-def broker(tmp_path):
-    broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
-    yield broker
-    broker.stop()
-
-
-def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, broker):
+def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, kafka_broker):
     rng = np.random.default_rng(21)
     version = publish_synthetic_version(tmp_path / "registry", tmp_path / "staging", synthetic_rows(300, rng))
-    settings = load_settings(
-        registry=str(tmp_path / "registry"),
-        kafka={
-            "bootstrap_servers": broker.bootstrap_servers,
-            "spool_dir": str(tmp_path / "spool"),
-            "partitions": 1,
-        },
-    )
-    ensure_topics(settings.kafka)
+    kafka = isolated_settings(kafka_broker.bootstrap_servers, tmp_path / "spool", partitions=1)
+    ensure_topics(kafka)
     port = free_port()
     env = {
         **os.environ,
@@ -77,6 +57,9 @@ def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, broker):
         "TUNELOOP_MONITOR__WINDOW_STEP": "100",
         "TUNELOOP_KAFKA__SPOOL_DIR": str(tmp_path / "spool"),
         "TUNELOOP_KAFKA__PARTITIONS": "1",
+        "TUNELOOP_KAFKA__PREDICTIONS_TOPIC": kafka.predictions_topic,
+        "TUNELOOP_KAFKA__FEEDBACK_TOPIC": kafka.feedback_topic,
+        "TUNELOOP_KAFKA__MODEL_EVENTS_TOPIC": kafka.model_events_topic,
     }
     log = open(tmp_path / "monitor.log", "wb")
     monitor = subprocess.Popen(
@@ -88,7 +71,7 @@ def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, broker):
             "--registry",
             str(tmp_path / "registry"),
             "--bootstrap-servers",
-            broker.bootstrap_servers,
+            kafka_broker.bootstrap_servers,
             "--host",
             "127.0.0.1",
             "--port",
@@ -101,7 +84,7 @@ def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, broker):
         start_new_session=True,
     )
     service_log = EventLog(
-        settings.kafka.model_copy(update={"spool_dir": tmp_path / "service-spool"}), source="test-service"
+        kafka.model_copy(update={"spool_dir": tmp_path / "service-spool"}), source="test-service"
     )
     service_log.start()
     try:
@@ -111,7 +94,7 @@ def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, broker):
                 service_log.publish_prediction(prediction_event(rows, i, version=version))
         assert service_log.flush(timeout=30)
 
-        reader = EventConsumer(settings.kafka, ["model-events"], group_id="test-reader")
+        reader = EventConsumer(kafka, ["model-events"], group_id="test-reader")
         deadline = time.monotonic() + 120
         events = []
         while time.monotonic() < deadline and not events:

@@ -1,8 +1,7 @@
 """The monitor against the event contracts (tuneloop.events): prediction events in, drift events out.
 
 No broker here: events go through the real CloudEvents envelope (wrap → bytes → unwrap), as they would
-through Kafka. TODO: a consume-loop test on a real Tansu broker once tuneloop.events.consumer and the
-broker fixture exist.
+through Kafka. tests/monitoring/test_consume_kafka.py runs the same loop on a real broker.
 """
 
 from __future__ import annotations
@@ -14,29 +13,10 @@ from monitoring.consume import ConsumeLoop, EventLogDriftSink, observation_from_
 from monitoring.errors import EventDecodeError
 from monitoring.monitor import DriftMonitor
 from monitoring.reference import reference_from_arrays
-from tests.monitoring.stack import DOMAIN_WORDS, synthetic_rows
+from tests.monitoring.stack import DOMAIN_WORDS, LABELS, prediction_event, synthetic_rows
 from tuneloop.events.envelope import unwrap, wrap
-from tuneloop.events.schemas import ModelEvent, PredictionEvent, encode_embedding
+from tuneloop.events.schemas import ModelEvent, PredictionEvent
 from tuneloop.settings import MonitorSettings
-
-LABELS = ["negative", "positive"]
-
-
-def prediction_event(rows, i, version="v1", input_mode="text") -> PredictionEvent:
-    text = str(rows["texts"][i])
-    return PredictionEvent(
-        request_id=f"r{i}",
-        model_name="sentiment",
-        model_version=version,
-        input_mode=input_mode,
-        text=text if input_mode == "text" else None,
-        text_sha256=None if input_mode == "text" else "0" * 64,
-        text_length=len(text),
-        label=LABELS[int(rows["predictions"][i])],
-        probabilities={name: float(p) for name, p in zip(LABELS, rows["probabilities"][i], strict=True)},
-        embedding=encode_embedding(rows["embeddings"][i]),
-        latency_ms=3.0,
-    )
 
 
 def through_kafka_envelope(event: PredictionEvent):
