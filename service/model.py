@@ -57,13 +57,17 @@ def load_served_model(registry: Registry, version: str, settings: ServingSetting
         raise SwapError(version, "load", f"{type(exc).__name__}: {exc}") from exc
     served = ServedModel(model_name=opened.card.model_name, version=version, labels=opened.labels,
                          classifier=classifier, precision=precision)
-    warm_up(served)
+    try:
+        warm_up(served)
+    except Exception as exc:  # onnxruntime raises its own types (and MemoryError) per failure
+        raise SwapError(version, "warm_up", f"{type(exc).__name__}: {exc}") from exc
     smoke_check(served, opened.reference())
     return served
 
 
 def warm_up(served: ServedModel) -> None:
-    """First runs allocate memory arenas and pick kernels; pay that before taking traffic."""
+    """First runs allocate memory arenas and pick kernels; pay that before taking traffic. A failure here (a
+    GPU out of memory while two models are loaded, say) refuses the swap like any other step."""
     for size in (1, 8):
         for text in WARMUP_TEXTS:
             served.classifier.run(served.classifier.encode([text] * size))

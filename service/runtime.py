@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 
 from service.dataplane import DataPlane
 from service.event_logging import PredictionLogger, swap_event
@@ -40,22 +39,18 @@ class ServingRuntime:
         http = ("200", "400", "404", "413", "500", "503")
         grpc = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL", "UNAVAILABLE")
         initialise_series({"/classify": http, "/v2/models/{name}/infer": http, "/feedback": http,
-                           "grpc:ModelInfer": grpc}, ("verify", "load", "smoke_check"))
+                           "grpc:ModelInfer": grpc}, ("verify", "load", "warm_up", "smoke_check"))
         if self.events is not None:
             self.events.start()  # returns at once, broker or not: events spool until it is reachable
         self.dataplane.start()
         # Load in the background: the process is live at once and ready once a model is warm.
-        threading.Thread(target=self._load_then_watch, name="tuneloop-initial-load", daemon=True).start()
+        self.manager.start()
         port = self.settings.serving.grpc_port
         if port:
             from service.grpc.server import start_grpc_server
 
             self.grpc_server = start_grpc_server(self.dataplane, port, host=self.settings.serving.host)
             log.info("gRPC (Open Inference Protocol v2) on %s:%d", self.settings.serving.host, port)
-
-    def _load_then_watch(self) -> None:
-        self.manager.check_once()
-        self.manager.start()
 
     def stop(self) -> None:
         """Graceful: stop taking gRPC calls, finish queued batches, then stop watching."""

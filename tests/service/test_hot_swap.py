@@ -27,6 +27,7 @@ def registry_with_two_versions(tmp_path_factory: pytest.TempPathFactory, small_a
     approve_and_promote(root, v1)
     v2 = train_tiny_version(root, small_amazon, tiny_bert, seed=2)
     Registry(root).transition(v2, State.APPROVED, "test", "ready to swap")
+    shutil.copytree(root, root.parent / "pristine")  # as built, for the tests below that need it unchanged
     return root
 
 
@@ -116,3 +117,121 @@ def test_refused_swap_keeps_serving_the_old_version(registry_with_two_versions: 
         r = httpx.post(f"{server.url}/classify", json={"texts": ["still answering"]})
         assert r.status_code == 200 and r.json()["model_version"] == serving
         assert f"cannot swap in {broken}: smoke_check" in server.tail(20000)
+
+
+# ---------------------------------------------------------------------------- the watcher, supervised
+@pytest.fixture
+def fresh_two_versions(tmp_path: Path, registry_with_two_versions: Path) -> Path:
+    """A copy of the two-version registry as built (v1 in production, v2 approved) that a test may change."""
+    root = tmp_path / "registry"
+    shutil.copytree(registry_with_two_versions.parent / "pristine", root)
+    return root
+
+
+def metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def wait_for(predicate, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.swap
+
+    monkeypatch.setattr(service.swap, "RETRY_FIRST_S", 0.2, raising=False)
+
+
+def failing_warm_up(monkeypatch: pytest.MonkeyPatch, version: str, times: int) -> list[int]:
+    """Warm-up of ``version`` raises what ONNX Runtime raises when a GPU is out of memory, ``times`` times."""
+    import service.model
+
+    real, failed = service.model.warm_up, [0]
+
+    def warm_up(served) -> None:
+        if served.version == version and failed[0] < times:
+            failed[0] += 1
+            raise RuntimeError("CUDA failure 2: out of memory")
+        real(served)
+
+    monkeypatch.setattr(service.model, "warm_up", warm_up)
+    return failed
+
+
+def test_a_failed_warm_up_is_refused_and_retried(fresh_two_versions: Path, monkeypatch, quick_retries) -> None:
+    from service.swap import ModelManager
+    from tuneloop.settings import load_settings
+
+    failed = failing_warm_up(monkeypatch, "v2", times=2)
+    before = metric("tuneloop_model_swap_failures_total", reason="warm_up")
+    serving = load_settings(registry=str(fresh_two_versions)).serving.model_copy(update={"poll_interval_s": 0.05})
+    manager = ModelManager(Registry(fresh_two_versions), serving)
+    manager.start()
+    try:
+        assert wait_for(lambda: manager.ready and manager.current.version == "v1")
+        Registry(fresh_two_versions).promote("v2", "test", "its warm-up fails twice")
+        # Refused twice (the old version keeps serving meanwhile), then tried again and swapped in.
+        assert wait_for(lambda: manager.ready and manager.current.version == "v2"), manager.last_error
+        assert failed[0] == 2
+        assert metric("tuneloop_model_swap_failures_total", reason="warm_up") - before == 2
+    finally:
+        manager.stop()
+
+
+def test_a_failed_first_load_is_retried(fresh_two_versions: Path, monkeypatch, quick_retries) -> None:
+    from service.swap import ModelManager
+    from tuneloop.settings import load_settings
+
+    failing_warm_up(monkeypatch, "v1", times=1)
+    serving = load_settings(registry=str(fresh_two_versions)).serving.model_copy(update={"poll_interval_s": 0.05})
+    manager = ModelManager(Registry(fresh_two_versions), serving)
+    manager.start()
+    try:
+        assert wait_for(lambda: manager.last_error is not None)
+        with pytest.raises(Exception, match="could not be loaded; the server log says why") as refused:
+            manager.current
+        assert str(fresh_two_versions) not in str(refused.value)  # the detail stays in the log
+        assert wait_for(lambda: manager.ready), manager.last_error  # production never moved
+        assert manager.current.version == "v1"
+    finally:
+        manager.stop()
+
+
+def test_a_crashing_watcher_step_is_counted_and_turns_readiness_off(fresh_two_versions: Path, monkeypatch) -> None:
+    from service.swap import ModelManager
+    from tuneloop.settings import load_settings
+
+    serving = load_settings(registry=str(fresh_two_versions)).serving.model_copy(update={"poll_interval_s": 0.05})
+    manager = ModelManager(Registry(fresh_two_versions), serving)
+    manager._watcher.initial_backoff_s = 0.05
+    manager.start()
+    try:
+        assert wait_for(lambda: manager.ready)
+        before = metric("tuneloop_background_errors_total", thread="tuneloop-model-watcher")
+        broken = [True]
+        real = manager.target_version
+
+        def target_version():
+            if broken[0]:
+                raise ValueError("production.json: Expecting value: line 1 column 1 (char 0)")
+            return real()
+
+        monkeypatch.setattr(manager, "target_version", target_version)
+        # It can no longer follow production: not ready, while the step keeps being retried.
+        assert wait_for(lambda: not manager.ready)
+        assert wait_for(lambda: metric("tuneloop_background_errors_total", thread="tuneloop-model-watcher")
+                        - before >= 2)
+        broken[0] = False
+        assert wait_for(lambda: manager.ready)
+        Registry(fresh_two_versions).promote("v2", "test", "followed after the recovery")
+        assert wait_for(lambda: manager.current.version == "v2")
+    finally:
+        manager.stop()
