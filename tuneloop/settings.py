@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -103,11 +103,12 @@ class KafkaSettings(BaseModel):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    # Secrets: their repr (settings printed, logged, in a traceback) shows asterisks.
+    sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    ssl_password: str | None = Field(None, description="password of an encrypted ssl_keyfile")
+    ssl_password: SecretStr | None = Field(None, description="password of an encrypted ssl_keyfile")
     ssl_check_hostname: bool = True
     # kafka-python takes a group's rebalance timeout from max_poll_interval_ms, and Tansu waits it out before
     # a group joins: with the client's 300 s default a consumer gets no records for minutes, with 5 s it

@@ -80,3 +80,23 @@ def test_broker_command_serves_until_sigterm() -> None:
     assert b"ready on" in out
     with pytest.raises(OSError):  # Tansu went with it
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_passwords_stay_out_of_reprs_and_kafka_python_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from kafka.errors import KafkaError
+
+    secret, key_secret = "s3cr3t-sasl-pw", "s3cr3t-key-pw"
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", security_protocol="SASL_SSL",
+                             sasl_mechanism="PLAIN", sasl_username="svc", sasl_password=secret,
+                             ssl_password=key_secret)
+    assert secret not in repr(settings) and key_secret not in repr(settings)
+    config = common_config(settings)
+    # kafka-python still gets the real values...
+    assert config["sasl_plain_password"] == secret and config["ssl_password"] == key_secret
+    # ...but its DEBUG log of a client's configuration shows asterisks.
+    with caplog.at_level(logging.DEBUG, logger="kafka"), pytest.raises(KafkaError):
+        KafkaAdminClient(**config, request_timeout_ms=200, bootstrap_timeout_ms=200)
+    assert "Starting KafkaAdminClient with configuration" in caplog.text
+    assert secret not in caplog.text and key_secret not in caplog.text

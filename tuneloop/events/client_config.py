@@ -6,8 +6,22 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from pydantic import SecretStr
+
 from tuneloop.events.errors import EventLogError
 from tuneloop.settings import KafkaSettings
+
+
+class _Masked(str):
+    """A password as kafka-python needs it (a str), whose repr is asterisks: kafka-python logs a client's
+    whole configuration at DEBUG (the dict's repr), and that must not carry the password."""
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+def _reveal(secret: SecretStr | None) -> _Masked | None:
+    return None if secret is None else _Masked(secret.get_secret_value())
 
 
 def common_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -20,14 +34,14 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         config["ssl_check_hostname"] = settings.ssl_check_hostname
         tls = {"ssl_cafile": settings.ssl_cafile, "ssl_certfile": settings.ssl_certfile,
-               "ssl_keyfile": settings.ssl_keyfile, "ssl_password": settings.ssl_password}
+               "ssl_keyfile": settings.ssl_keyfile, "ssl_password": _reveal(settings.ssl_password)}
         config.update({k: v for k, v in tls.items() if v is not None})
     if settings.security_protocol.startswith("SASL_"):
         if settings.sasl_mechanism is None:
             raise EventLogError(f"security_protocol {settings.security_protocol} needs kafka.sasl_mechanism")
         # kafka-python names these "plain" but reads them for the SCRAM mechanisms too.
         config.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
-                      sasl_plain_password=settings.sasl_password)
+                      sasl_plain_password=_reveal(settings.sasl_password))
     return config
 
 
