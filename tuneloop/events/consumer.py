@@ -12,7 +12,9 @@
 Delivery is at-least-once, so the same event can arrive twice (a producer replaying its spool, a
 consumer re-reading after a crash). Each event's CloudEvent id is remembered in a bounded LRU
 (``SeenIds``); a caller that persists events can look further back by passing ``is_known`` (e.g. a
-lookup in its own store). Messages that are not events of a known schema are counted and skipped.
+lookup in its own store). A message that is not an event of a known schema is counted in
+``tuneloop_events_rejected_total{topic,reason}`` and skipped alone: the messages around it are delivered, and
+the next commit moves past it, so no message can stop a partition.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from prometheus_client import Counter
 
 from tuneloop.events.client_config import consumer_config, topic_names
 from tuneloop.events.envelope import ReceivedEvent, unwrap
-from tuneloop.events.errors import BadEventError
+from tuneloop.events.errors import BAD_EVENT_REASONS, BadEventError
+from tuneloop.events.rejections import count_rejected, declare
 from tuneloop.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 CONSUMED = Counter("tuneloop_events_consumed_total", "Events read by a consumer", ["topic", "group"])
 DUPLICATES = Counter("tuneloop_events_duplicates_total", "Duplicate events dropped", ["topic", "group"])
-BAD = Counter("tuneloop_events_bad_total", "Messages that are not events of a known schema", ["topic", "group"])
+UNREADABLE = "unreadable"  # the rejection reason of a message whose decoding raised something unexpected
 
 
 @dataclass
@@ -81,9 +84,10 @@ class EventConsumer:
         if unknown:
             raise ValueError(f"unknown event kinds {sorted(unknown)}; known: {sorted(names)}")
         self.group_id = group_id
+        self.topics = [names[k] for k in kinds]
         self.seen = seen or SeenIds(settings.dedupe_capacity)
-        self._consumer = KafkaConsumer(*[names[k] for k in kinds],
-                                       **consumer_config(settings, group_id, auto_offset_reset))
+        declare(self.topics, [*BAD_EVENT_REASONS, UNREADABLE])
+        self._consumer = KafkaConsumer(*self.topics, **consumer_config(settings, group_id, auto_offset_reset))
 
     def poll(self, timeout_ms: int = 1000, max_records: int = 500) -> Batch:
         """Read what is there (possibly nothing), decoded, without duplicates or undecodable messages."""
@@ -96,8 +100,14 @@ class EventConsumer:
                 try:
                     event = unwrap(message.value, message.topic, message.partition, message.offset)
                 except BadEventError as exc:
-                    BAD.labels(message.topic, self.group_id).inc()
-                    log.warning("skipping %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+                    count_rejected(message.topic, exc.reason)
+                    log.warning("skipping %s[%d]@%d (%s): %s", message.topic, message.partition,
+                                message.offset, exc.reason, exc)
+                    continue
+                except Exception:  # a bug in decoding, not a bad message: no reason to stop the partition
+                    count_rejected(message.topic, UNREADABLE)
+                    log.exception("skipping %s[%d]@%d: decoding it failed", message.topic, message.partition,
+                                  message.offset)
                     continue
                 if self.seen.seen(event.event_id):
                     DUPLICATES.labels(message.topic, self.group_id).inc()
@@ -119,11 +129,19 @@ class EventConsumer:
         if batch.offsets:
             self._consumer.commit({tp: OffsetAndMetadata(offset, None, -1) for tp, offset in batch.offsets.items()})
 
-    def rewind(self, batch: Batch) -> None:
-        """The caller could not persist ``batch``: read it again from its first offsets on the next poll."""
-        self.seen.forget([event.event_id for event in batch.events])
+    def rewind(self, batch: Batch, handled: int = 0) -> None:
+        """The caller could not persist ``batch`` past its first ``handled`` events: read the rest again on
+        the next poll (all of it, from the batch's first offsets, by default)."""
+        rest = batch.events[handled:]
+        self.seen.forget([event.event_id for event in rest])
+        if handled:
+            starts: dict[TopicPartition, int] = {}
+            for event in rest:  # a batch holds each partition's events in offset order
+                starts.setdefault(TopicPartition(event.topic, event.partition), event.offset)
+        else:
+            starts = batch.first_offsets
         assigned = self._consumer.assignment()
-        for partition, offset in batch.first_offsets.items():
+        for partition, offset in starts.items():
             if partition in assigned:  # a revoked partition's new owner starts from the last commit anyway
                 self._consumer.seek(partition, offset)
 
