@@ -18,7 +18,7 @@ from adapter.training.base_model import resolve_base_model
 from adapter.training.classifier import load_classifier
 from adapter.training.data import load_labelled_data
 from adapter.training.hyperparameters import Hyperparameters
-from adapter.training.search import SearchConfig, SearchMethod, SearchSpace, run_search
+from adapter.training.search import SearchConfig, SearchSpace, run_search
 from adapter.training.strategies import FreezeConfig, FullConfig, LoraConfig
 from adapter.training.trainer import fine_tune
 from tuneloop.inference import OnnxTextClassifier
