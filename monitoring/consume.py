@@ -4,7 +4,9 @@ The Kafka specifics (consumer group, dedupe by event id, commit after the event 
 event contracts in ``tuneloop.events``; this module only maps their events onto the monitor.
 
 Duplicates (at-least-once delivery) and messages that are not events are dropped by ``EventConsumer``
-and counted there; what reaches ``ConsumeLoop.handle`` is a schema-valid event.
+and counted there; what reaches ``ConsumeLoop.handle`` is a schema-valid event. An event the monitor cannot
+use (not a prediction, a version without a reference, labels or an embedding that do not fit it) is counted in
+the same ``tuneloop_events_rejected_total{topic,reason}`` and skipped alone.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from monitoring.errors import EventDecodeError
+from monitoring.errors import REJECTION_REASONS, EventDecodeError, ObservationRejectedError
 from monitoring.monitor import DriftMonitor, Evaluation
 from monitoring.window import Observation
 from tuneloop.events.consumer import EventConsumer
+from tuneloop.events.rejections import count_rejected, declare
 from tuneloop.events.schemas import ModelEvent, PredictionEvent
+from tuneloop.supervision import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
 ACTOR = "tuneloop-monitor"
+THREAD = "tuneloop-monitor-consumer"  # its label in tuneloop_background_errors_total{thread}
 
 
 def observation_from_event(event: PredictionEvent, labels: list[str]) -> Observation:
@@ -32,13 +37,20 @@ def observation_from_event(event: PredictionEvent, labels: list[str]) -> Observa
     try:
         probabilities = np.array([event.probabilities[name] for name in labels], dtype=np.float32)
         prediction = labels.index(event.label)
-        embedding = event.embedding_vector()
     except (KeyError, ValueError) as exc:
         raise EventDecodeError(
-            f"prediction {event.request_id} of {event.model_version} does not fit its labels {labels}: {exc}"
+            event.model_version,
+            "labels",
+            f"prediction {event.request_id} of {event.model_version} does not fit its labels {labels}: {exc}",
         ) from None
-    if embedding is not None and embedding.ndim != 1:
-        raise EventDecodeError(f"prediction {event.request_id}: embedding is not a vector")
+    try:
+        embedding = event.embedding_vector()
+    except ValueError as exc:  # not base64, or not a whole number of float16s
+        raise EventDecodeError(
+            event.model_version,
+            "bad_embedding",
+            f"prediction {event.request_id}: undecodable embedding: {exc}",
+        ) from None
     return Observation(
         model_version=event.model_version,
         embedding=embedding,
@@ -100,22 +112,31 @@ class ConsumeLoop:
 
     def handle(self, event: Any) -> None:
         """One event from the predictions topic: a ``PredictionEvent`` or an envelope holding one."""
-        data = getattr(event, "data", event)
-        if not isinstance(data, PredictionEvent):
-            self.monitor.metrics.events.labels("undecodable").inc()
-            return
-        labels = self.monitor.labels(data.model_version)
-        if labels is None:
-            self.monitor.metrics.events.labels("no_reference").inc()
-            return
         try:
-            observation = observation_from_event(data, labels)
-        except EventDecodeError as exc:
-            log.warning("%s", exc)
-            self.monitor.metrics.events.labels("undecodable").inc()
-            return
-        self.monitor.observe(observation, data.model_name)
-        self._housekeeping()
+            self.monitor.observe(*self._observation(event))
+        except ObservationRejectedError as exc:
+            count_rejected(getattr(event, "topic", ""), exc.reason)
+            # The monitor logs a version without a reference once per retry, not once per event.
+            log.log(logging.DEBUG if exc.reason == "unknown_version" else logging.WARNING, "skipped: %s", exc)
+
+    def _observation(self, event: Any) -> tuple[Observation, str | None]:
+        data = getattr(event, "data", event)
+        try:
+            if not isinstance(data, PredictionEvent):
+                raise ObservationRejectedError(
+                    "", "wrong_type", f"a {type(data).__name__} on the predictions topic, not a prediction"
+                )
+            labels = self.monitor.labels(data.model_version)
+            if labels is None:
+                raise ObservationRejectedError(
+                    data.model_version,
+                    "unknown_version",
+                    f"no reference sample for model version {data.model_version}",
+                )
+            return observation_from_event(data, labels), data.model_name
+        except ObservationRejectedError as exc:  # the monitor counts what it rejects itself in observe()
+            self.monitor.metrics.rejected(exc.reason)
+            raise
 
     def _housekeeping(self) -> None:
         if time.monotonic() - self._last_housekeeping < self.housekeeping_every_s:
@@ -128,20 +149,26 @@ class ConsumeLoop:
                 self.monitor.settings.idle_version_s,
             )
 
-    def run(self, consumer: EventConsumer, stop: threading.Event, poll_timeout_ms: int = 1000) -> None:
-        """Poll, hand each event to the monitor, commit; until ``stop`` is set.
+    def step(self, consumer: EventConsumer, poll_timeout_ms: int = 1000) -> None:
+        """One poll: hand each event to the monitor, then commit.
 
         The monitor's windows live in memory, so "persisted" means "observed": committing after the batch
         is handled means a crash re-delivers at most one batch (the consumer drops the duplicates), and a
-        restart refills the windows from the committed offsets on.
+        restart refills the windows from the committed offsets on. If handling raises (a bug, not a bad event:
+        those are rejected one by one), the events not yet observed are read again on the next step.
         """
-        while not stop.is_set():
+        batch = consumer.poll(timeout_ms=poll_timeout_ms)
+        for handled, event in enumerate(batch.events):
             try:
-                batch = consumer.poll(timeout_ms=poll_timeout_ms)
-                for event in batch.events:
-                    self.handle(event)
-                consumer.commit(batch)
-            except Exception:  # broker gone, rebalance during commit: keep going, Kafka re-delivers
-                log.exception("consuming predictions failed; retrying")
-                self.monitor.metrics.errors.labels("consume_failed").inc()
-                stop.wait(1.0)
+                self.handle(event)
+            except Exception:
+                consumer.rewind(batch, handled)
+                raise
+        consumer.commit(batch)
+        self._housekeeping()
+
+    def run(self, consumer: EventConsumer, stop: threading.Event, poll_timeout_ms: int = 1000) -> None:
+        """``step`` until ``stop`` is set, in the calling thread; a failing step (broker gone, a rebalance
+        during the commit) is logged, counted and retried after a backoff by its supervisor."""
+        declare(consumer.topics, REJECTION_REASONS)
+        SupervisedLoop(THREAD, lambda: self.step(consumer, poll_timeout_ms), stop=stop).run()

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
+# Why the monitor skipped a schema-valid prediction event: its share of tuneloop_events_rejected_total{reason}
+# (the consumer's own reasons are tuneloop.events.errors.BAD_EVENT_REASONS).
+RejectionReason = Literal["wrong_type", "unknown_version", "labels", "bad_embedding", "embedding_width"]
+REJECTION_REASONS: tuple[RejectionReason, ...] = get_args(RejectionReason)
+
 
 class MonitorError(Exception):
     """Base class of every error the monitor raises on purpose."""
@@ -29,5 +36,15 @@ class SignalEvaluationError(MonitorError):
         self.version = version
 
 
-class EventDecodeError(MonitorError):
-    """A prediction event could not be turned into an observation (schema mismatch, bad embedding)."""
+class ObservationRejectedError(MonitorError):
+    """One prediction the monitor will not put in a window: its version has no reference, or it does not fit
+    that reference. Only this prediction is skipped; the events around it are observed."""
+
+    def __init__(self, version: str, reason: RejectionReason, message: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.reason: RejectionReason = reason
+
+
+class EventDecodeError(ObservationRejectedError):
+    """A prediction event could not be turned into an observation (labels that do not fit, bad embedding)."""

@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Evidently runs take ~20 ms (one column) to seconds (t-SNE maps).
 EVENT_OUTCOMES = ("observed", "undecodable", "no_reference")
-ERROR_KINDS = ("signal_failed", "reference_unavailable", "event_publish_failed", "consume_failed")
+# A failing consume step is counted by its supervisor: tuneloop_background_errors_total{thread}.
+ERROR_KINDS = ("signal_failed", "reference_unavailable", "event_publish_failed")
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -76,6 +77,10 @@ class MonitorMetrics:
             self.events.labels(outcome)
         for kind in ERROR_KINDS:
             self.errors.labels(kind)
+
+    def rejected(self, reason: str) -> None:
+        """One prediction skipped: ``no_reference`` for a version without one, ``undecodable`` otherwise."""
+        self.events.labels("no_reference" if reason == "unknown_version" else "undecodable").inc()
 
     def forget_version(self, version: str, signals: list[str]) -> None:
         for gauge in (self.score, self.threshold, self.detected):

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitoring.errors import ReferenceUnavailableError, SignalEvaluationError
+import numpy as np
+
+from monitoring.errors import ObservationRejectedError, ReferenceUnavailableError, SignalEvaluationError
 from monitoring.metrics import MonitorMetrics
 from monitoring.reference import ReferenceLoader, ReferenceSample
 from monitoring.reports import ReportStore, StoredReport, merge_snapshots
@@ -54,6 +56,8 @@ class _VersionState:
     window: SlidingWindow
     bound: list[tuple[Signal, BoundSignal]]
     labels: list[str]
+    embedding_width: int  # the reference's: a window's rows must match it, or no signal can compare them
+    classes: int
     model_name: str | None = None
     drifting: bool = False
     clean_streak: int = 0
@@ -85,11 +89,23 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ feeding
     def observe(self, observation: Observation, model_name: str | None = None) -> Evaluation | None:
-        """Add one prediction; returns the evaluation when this observation completed a window step."""
-        state = self._state(observation.model_version)
-        if state is None:
-            self.metrics.events.labels("no_reference").inc()
-            return None
+        """Add one prediction; returns the evaluation when this observation completed a window step.
+
+        Raises ``ObservationRejectedError`` (counted) for a version without a reference, or an observation
+        that does not fit it: one such row in a window would fail every evaluation until it left the window.
+        """
+        try:
+            state = self._state(observation.model_version)
+            if state is None:
+                raise ObservationRejectedError(
+                    observation.model_version,
+                    "unknown_version",
+                    f"no reference sample for model version {observation.model_version}",
+                )
+            self._check(observation, state)
+        except ObservationRejectedError as exc:
+            self.metrics.rejected(exc.reason)
+            raise
         if model_name:
             state.model_name = model_name
         self.metrics.events.labels("observed").inc()
@@ -97,6 +113,34 @@ class DriftMonitor:
         evaluation = self._evaluate(observation.model_version, state) if due else None
         self.metrics.window_fill.labels(observation.model_version).set(state.window.fill())
         return evaluation
+
+    @staticmethod
+    def _check(observation: Observation, state: _VersionState) -> None:
+        version = observation.model_version
+        probabilities, embedding = observation.probabilities, observation.embedding
+        if (probabilities.shape != (state.classes,) or not np.isfinite(probabilities).all()
+                or not 0 <= observation.prediction < state.classes):
+            raise ObservationRejectedError(
+                version,
+                "labels",
+                f"a prediction of {version} does not fit its {state.classes} labels: "
+                f"class {observation.prediction}, probabilities {probabilities}",
+            )
+        if embedding is None:  # the service logs none (kafka.log_embeddings off): the signal stays silent
+            return
+        if embedding.ndim != 1 or not np.isfinite(embedding).all():
+            raise ObservationRejectedError(
+                version,
+                "bad_embedding",
+                f"a prediction of {version} has an embedding of shape {embedding.shape} or non-finite values",
+            )
+        if embedding.shape[0] != state.embedding_width:
+            raise ObservationRejectedError(
+                version,
+                "embedding_width",
+                f"a prediction of {version} has a {embedding.shape[0]}-wide embedding, "
+                f"its reference {state.embedding_width}",
+            )
 
     def _state(self, version: str) -> _VersionState | None:
         state = self._versions.get(version)
@@ -107,6 +151,7 @@ class DriftMonitor:
             return None
         try:
             reference = self.references(version)
+            bound = self._bind(reference)
         except ReferenceUnavailableError as exc:
             log.warning("%s; its traffic is not watched (retry in %.0f s)", exc, REFERENCE_RETRY_S)
             self.metrics.errors.labels("reference_unavailable").inc()
@@ -115,8 +160,10 @@ class DriftMonitor:
         self._unavailable.pop(version, None)
         state = _VersionState(
             SlidingWindow(self.settings.window_size, self.settings.window_step),
-            self._bind(reference),
+            bound,
             reference.labels,
+            embedding_width=reference.data.embeddings.shape[1],
+            classes=reference.data.probabilities.shape[1],
         )
         self._versions[version] = state
         for signal, _ in state.bound:
@@ -124,7 +171,12 @@ class DriftMonitor:
         return state
 
     def _bind(self, reference: ReferenceSample) -> list[tuple[Signal, BoundSignal]]:
-        return [(signal, signal.bind(reference)) for signal in self.signals]
+        try:
+            return [(signal, signal.bind(reference)) for signal in self.signals]
+        except Exception as exc:  # a reference the signals cannot use is no reference: retried, not per event
+            raise ReferenceUnavailableError(
+                reference.version, f"a drift signal cannot use it: {exc}"
+            ) from exc
 
     # ------------------------------------------------------------------ evaluating
     def _evaluate(self, version: str, state: _VersionState) -> Evaluation:
@@ -233,6 +285,9 @@ class DriftMonitor:
     def forget_idle(self, now: float | None = None) -> list[str]:
         """Drop versions without traffic for ``idle_version_s`` (their windows and series)."""
         now = self.clock() if now is None else now
+        # Versions without a reference are remembered only until their retry: events naming ever new
+        # versions must not grow this forever.
+        self._unavailable = {v: t for v, t in self._unavailable.items() if now - t < REFERENCE_RETRY_S}
         idle = [
             v for v, s in self._versions.items() if now - s.window.last_seen > self.settings.idle_version_s
         ]

@@ -16,10 +16,11 @@ import yaml
 
 
 from monitoring.monitor import DriftMonitor
-from monitoring.reference import reference_from_arrays
+from monitoring.errors import ReferenceUnavailableError
+from monitoring.reference import ReferenceSample, reference_from_arrays
 from monitoring.server import MonitorServer
 from monitoring.window import Observation
-from tuneloop.events.schemas import PredictionEvent, encode_embedding
+from tuneloop.events.schemas import EventData, FeedbackEvent, PredictionEvent, encode_embedding
 from tuneloop.settings import MonitorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,3 +187,28 @@ class PrometheusProcess:
                 self.proc.wait()
         if self.proc:
             self._log.close()
+
+
+def unusable_predictions(rows: dict, i: int) -> list[tuple[EventData, str]]:
+    """(event, reason) of every schema-valid event on the predictions topic the monitor must skip (the
+    reference is version "v1", 16-wide embeddings, LABELS)."""
+    good = prediction_event(rows, i)
+    return [
+        (FeedbackEvent(request_id="r0", label="positive"), "wrong_type"),
+        (prediction_event(rows, i, version="v9"), "unknown_version"),
+        (good.model_copy(update={"label": "neutral"}), "labels"),
+        (good.model_copy(update={"probabilities": {"negative": 1.0}}), "labels"),
+        (good.model_copy(update={"embedding": "AA=="}), "bad_embedding"),  # one byte: half a float16
+        (good.model_copy(update={"embedding": encode_embedding(np.full(16, np.nan))}), "bad_embedding"),
+        (good.model_copy(update={"embedding": encode_embedding(rows["embeddings"][i][:8])}),
+         "embedding_width"),
+    ]
+
+
+def only_v1(reference: ReferenceSample):
+    def load(version: str) -> ReferenceSample:
+        if version != reference.version:
+            raise ReferenceUnavailableError(version, "not in the registry")
+        return reference
+
+    return load

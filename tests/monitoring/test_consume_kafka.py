@@ -1,4 +1,5 @@
-"""`tuneloop monitor` end to end on the suite's real Tansu broker: predictions in, drift events and series out."""
+"""`tuneloop monitor` end to end on the suite's real Tansu broker: predictions in, drift events and series
+out; and its consume loop on the broker, with every kind of poison among the predictions."""
 
 from __future__ import annotations
 
@@ -7,21 +8,31 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from monitoring.consume import ConsumeLoop
+from monitoring.monitor import DriftMonitor
+from monitoring.reference import reference_from_arrays
+from tests.events.poison import poison, rejected, send_raw
 from tests.fixtures.broker import isolated_settings
-from tests.monitoring.stack import DOMAIN_WORDS, LABELS, prediction_event, synthetic_rows
+from tests.monitoring.stack import (DOMAIN_WORDS, LABELS, only_v1, prediction_event, synthetic_rows,
+                                    unusable_predictions)
 from tuneloop.events.broker import free_port
+from tuneloop.events.envelope import wrap
 from tuneloop.events.client_config import ensure_topics
 from tuneloop.events.consumer import EventConsumer
 from tuneloop.events.producer import EventLog
 from tuneloop.registry import Registry
 from tuneloop.registry.card import ModelCard, Timings
+from tuneloop.settings import KafkaSettings, MonitorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +129,42 @@ def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, kafka_br
         code = monitor.wait(timeout=30)
         log.close()
     assert code == 0, (tmp_path / "monitor.log").read_text()[-3000:]
+
+
+def test_consume_loop_skips_each_poison_event_alone_and_observes_every_good_one(
+    event_settings: KafkaSettings,
+):
+    rng = np.random.default_rng(22)
+    reference = reference_from_arrays("v1", LABELS, synthetic_rows(200, rng))
+    rows = synthetic_rows(60, rng)
+    goods = [wrap(prediction_event(rows, i), "test").value for i in range(60)]
+    bad = [(value, reason) for _, value, reason in poison(wrap(prediction_event(rows, 0), "test"))]
+    bad += [(wrap(event, "test").value, reason) for event, reason in unusable_predictions(rows, 1)]
+    values: list[bytes | None] = []
+    for i, good in enumerate(goods):  # a poison message after each of the first goods, in one partition
+        values += [good, *([bad[i][0]] if i < len(bad) else [])]
+    send_raw(event_settings, values, topic=event_settings.predictions_topic)
+
+    monitor = DriftMonitor(
+        MonitorSettings(window_size=20, window_step=20), only_v1(reference), keep_reports=False
+    )
+    counted = monitor.metrics.registry.get_sample_value
+    consumer = EventConsumer(event_settings, ["predictions"], group_id=f"monitor-{uuid.uuid4().hex[:8]}")
+    stop = threading.Event()
+    loop = threading.Thread(target=ConsumeLoop(monitor).run, args=(consumer, stop, 500), daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 60
+        observed = {"outcome": "observed"}
+        while time.monotonic() < deadline and counted("tuneloop_monitor_events_total", observed) < 60:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        consumer.close()
+    assert not loop.is_alive()
+    assert counted("tuneloop_monitor_events_total", {"outcome": "observed"}) == 60
+    assert rejected(event_settings.predictions_topic) == dict(Counter(reason for _, reason in bad))
+    # Three windows of good rows, each read by every signal: no wrong-width embedding got into one.
+    assert counted("tuneloop_monitor_errors_total", {"kind": "signal_failed"}) == 0
+    assert counted("tuneloop_drift_evaluation_duration_seconds_count", {"signal": "embedding"}) == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitoring.errors import MonitorConfigError, ReferenceUnavailableError
+from monitoring.errors import MonitorConfigError, MonitorError, ReferenceUnavailableError
 from monitoring.monitor import DriftMonitor
 from monitoring.reference import RegistryReferences, reference_from_arrays
 from monitoring.signals import build_signals
@@ -112,12 +112,52 @@ def test_unknown_version_is_counted_and_not_watched(tmp_path):
         references("v9")
     monitor = DriftMonitor(MonitorSettings(), references, keep_reports=False)
     rows = synthetic_rows(3, np.random.default_rng(3))
-    assert monitor.observe(_obs(rows, 0, version="v9")) is None
+    with pytest.raises(MonitorError) as rejected:
+        monitor.observe(_obs(rows, 0, version="v9"))
+    assert rejected.value.reason == "unknown_version"
     registry = monitor.metrics.registry
     assert registry.get_sample_value("tuneloop_monitor_events_total", {"outcome": "no_reference"}) == 1
     assert registry.get_sample_value("tuneloop_monitor_errors_total", {"kind": "reference_unavailable"}) == 1
-    monitor.observe(_obs(rows, 1, version="v9"))  # retried only after REFERENCE_RETRY_S
+    with pytest.raises(MonitorError):
+        monitor.observe(_obs(rows, 1, version="v9"))  # retried only after REFERENCE_RETRY_S
     assert registry.get_sample_value("tuneloop_monitor_errors_total", {"kind": "reference_unavailable"}) == 1
+    assert registry.get_sample_value("tuneloop_monitor_events_total", {"outcome": "no_reference"}) == 2
+
+
+def _changed(observation, **fields):
+    return Observation(**{**observation.__dict__, **fields})
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (lambda o: _changed(o, embedding=o.embedding[:8]), "embedding_width"),
+        (lambda o: _changed(o, embedding=np.concatenate([o.embedding, o.embedding])), "embedding_width"),
+        (lambda o: _changed(o, embedding=np.full_like(o.embedding, np.nan)), "bad_embedding"),
+        (lambda o: _changed(o, embedding=o.embedding.reshape(4, 4)), "bad_embedding"),
+        (lambda o: _changed(o, probabilities=np.array([0.2, 0.3, 0.5], dtype=np.float32)), "labels"),
+        (lambda o: _changed(o, probabilities=np.array([np.nan, 1.0], dtype=np.float32)), "labels"),
+        (lambda o: _changed(o, prediction=2), "labels"),
+    ],
+    ids=["narrow", "wide", "nan", "matrix", "three-classes", "nan-probability", "class-out-of-range"],
+)
+def test_an_observation_that_does_not_fit_the_reference_never_enters_the_window(bad, reason):
+    rng = np.random.default_rng(6)
+    reference = reference_from_arrays("v1", ["negative", "positive"], synthetic_rows(200, rng))
+    settings = MonitorSettings(window_size=20, window_step=20)
+    monitor = DriftMonitor(settings, lambda v: reference, keep_reports=False)
+    rows = synthetic_rows(21, rng)
+    evaluations = [e for i in range(10) if (e := monitor.observe(_obs(rows, i)))]
+    with pytest.raises(MonitorError) as rejected:
+        monitor.observe(bad(_obs(rows, 10)))
+    assert rejected.value.reason == reason
+    evaluations += [e for i in range(11, 21) if (e := monitor.observe(_obs(rows, i)))]
+    # The window filled with the 20 good rows around the bad one, and every signal read it.
+    assert [(e.rows, e.failed) for e in evaluations] == [(20, [])]
+    assert len(evaluations[0].results) == 5
+    registry = monitor.metrics.registry
+    assert registry.get_sample_value("tuneloop_monitor_events_total", {"outcome": "undecodable"}) == 1
+    assert registry.get_sample_value("tuneloop_monitor_events_total", {"outcome": "observed"}) == 20
 
 
 def test_idle_versions_are_forgotten_with_their_series():
