@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,44 +9,18 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tuneloop.registry import (
     CorruptVersionError,
     IllegalTransitionError,
-    ModelCard,
     NothingToRollBackToError,
     Registry,
     RegistryError,
     State,
-    Timings,
     VersionNotFoundError,
 )
-
-
-def make_card(name: str = "sentiment") -> ModelCard:
-    return ModelCard(model_name=name, base_model="tiny", labels=["0", "1"], strategy="full",
-                     hyperparameters={}, data=[], splits={"train": 1, "validation": 1, "test": 1}, metrics={},
-                     timings=Timings(train_seconds=1.0, train_samples_per_second=1.0),
-                     onnx_files={"fp32": "onnx/model.onnx"})
-
-
-def make_staging(folder: Path, payload: bytes = b"weights" * 1000) -> Path:
-    (folder / "onnx").mkdir(parents=True)
-    (folder / "onnx" / "model.onnx").write_bytes(payload)
-    (folder / "labels.json").write_text(json.dumps({"labels": ["0", "1"]}))
-    np.savez(folder / "reference.npz", embeddings=np.zeros((2, 4), dtype=np.float32))
-    return folder
-
-
-def publish(reg: Registry, tmp_path: Path, tag: str = "a") -> str:
-    return reg.publish(make_staging(tmp_path / f"stage-{tag}"), make_card(), actor="test")
-
-
-def approve(reg: Registry, version: str) -> None:
-    reg.transition(version, State.AWAITING_APPROVAL, "test", "gates passed")
-    reg.transition(version, State.APPROVED, "alice", "looks good")
+from tests.registry.versions import approve, make_staging, publish
 
 
 def test_publish_assigns_increasing_versions_and_verifies(tmp_path: Path) -> None:
@@ -114,7 +87,7 @@ def test_process_killed_mid_write_leaves_no_visible_version(tmp_path: Path) -> N
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_registry import make_card
+        from versions import make_card
         import tuneloop.registry.store as store
         from tuneloop.registry import Registry
         real = store.shutil.copyfile
@@ -205,7 +178,7 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
         import sys, tempfile
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_registry import make_card, make_staging
+        from versions import make_card, make_staging
         from tuneloop.registry import Registry
         stage = make_staging(Path(tempfile.mkdtemp()) / "s")
         print(Registry({str(root)!r}).publish(stage, make_card(), actor="p"))

@@ -2,10 +2,12 @@
 
 from tuneloop.registry.card import DataFile, EvalMetrics, ModelCard, ParityReport, Timings
 from tuneloop.registry.errors import (
+    CorruptStateError,
     CorruptVersionError,
     IllegalTransitionError,
     NoProductionVersionError,
     NothingToRollBackToError,
+    RegistryBusyError,
     RegistryError,
     VersionNotFoundError,
 )
@@ -13,7 +15,8 @@ from tuneloop.registry.lifecycle import State
 from tuneloop.registry.store import ModelVersion, Registry, VersionSummary
 
 __all__ = [
-    "CorruptVersionError", "DataFile", "EvalMetrics", "IllegalTransitionError", "ModelCard", "ModelVersion",
-    "NoProductionVersionError", "NothingToRollBackToError", "ParityReport", "Registry", "RegistryError",
-    "State", "Timings", "VersionNotFoundError", "VersionSummary",
+    "CorruptStateError", "CorruptVersionError", "DataFile", "EvalMetrics", "IllegalTransitionError",
+    "ModelCard", "ModelVersion", "NoProductionVersionError", "NothingToRollBackToError", "ParityReport",
+    "Registry", "RegistryBusyError", "RegistryError", "State", "Timings", "VersionNotFoundError",
+    "VersionSummary",
 ]

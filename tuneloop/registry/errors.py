@@ -29,3 +29,11 @@ class NoProductionVersionError(RegistryError):
 
 class NothingToRollBackToError(RegistryError):
     pass
+
+
+class RegistryBusyError(RegistryError):
+    """Another writer holds the registry (its lease has not expired), or kept winning the race to commit."""
+
+
+class CorruptStateError(RegistryError):
+    """No committed state document of the registry can be read."""
