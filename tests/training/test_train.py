@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from pydantic import ValidationError
 
@@ -33,7 +35,7 @@ def data(small_amazon: Path):
 
 
 def test_train_registers_a_verified_candidate_with_card_and_reference(data, tiny_bert: Path, settings) -> None:
-    settings.export = settings.export.model_copy(update={"int8": True})
+    settings.export = settings.export.model_copy(update={"int8": True, "fp16": True})
     outcome = train_candidate(data, Hyperparameters(**FAST), settings, base_model=str(tiny_bert),
                               show_progress=False)
     reg = Registry(settings.registry)
@@ -41,8 +43,15 @@ def test_train_registers_a_verified_candidate_with_card_and_reference(data, tiny
     assert outcome.version == "v1" and outcome.state == State.CANDIDATE and reg.state("v1") == State.CANDIDATE
     version = reg.open_version("v1")
     card = version.card
-    assert set(card.onnx_files) == {"fp32", "int8"}
+    assert set(card.onnx_files) == {"fp32", "int8", "fp16"}
     assert card.parity["fp32"].passed and card.parity["fp32"].max_abs_logit_diff < 1e-3
+    # Each reduced-precision graph passed its own, looser gate, measured on the test split.
+    for precision in ("int8", "fp16"):
+        report, gate = card.parity[precision], getattr(settings.export, f"parity_{precision}")
+        assert report.passed and report.n == len(data.test)
+        assert report.max_abs_logit_diff <= gate.max_abs_logit_diff
+        assert report.label_agreement >= gate.min_label_agreement
+        assert report.thresholds == gate.model_dump()
     assert card.metrics["test"].n == len(data.test)
     assert card.splits == data.sizes and card.data[0].sha256 == data.files[0].sha256
     assert card.timings.train_seconds > 0 and card.timings.train_samples_per_second > 0
@@ -65,6 +74,16 @@ def test_parity_failure_refuses_the_export(data, tiny_bert: Path, settings) -> N
     assert Registry(settings.registry).list_versions() == []
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_a_reduced_precision_graph_that_fails_its_gate_refuses_the_export(data, tiny_bert: Path, settings,
+                                                                         precision: str) -> None:
+    gate = getattr(settings.export, f"parity_{precision}").model_copy(update={"max_abs_logit_diff": 1e-12})
+    settings.export = settings.export.model_copy(update={precision: True, f"parity_{precision}": gate})
+    with pytest.raises(ParityError, match=f"{precision}: max"):
+        train_candidate(data, Hyperparameters(**FAST), settings, base_model=str(tiny_bert), show_progress=False)
+    assert Registry(settings.registry).list_versions() == []
+
+
 def test_freeze_strategy_freezes_embeddings_and_lower_layers(tiny_bert: Path) -> None:
     model = FreezeConfig(frozen_layers=1).build().prepare(load_classifier(str(tiny_bert), ["0", "1"], 0.1))
     bert = model.base_model
@@ -83,6 +102,38 @@ def test_lora_trains_only_adapters_and_head_then_merges(data, tiny_bert: Path) -
     names = [n for n, _ in tuned.model.named_modules()]
     assert not any("lora" in n for n in names)  # merged: export sees a plain BertForSequenceClassification
     assert type(tuned.model).__name__ == "BertForSequenceClassification"
+    # The adapters learnt something, merged into the attention weights they sat on; the rest stayed put.
+    pretrained = load_classifier(str(tiny_bert), data.label_names, 0.1).state_dict()
+    merged = tuned.model.state_dict()
+    changed = {k for k in pretrained if "encoder" in k and not torch.equal(pretrained[k], merged[k])}
+    assert changed and all(k.endswith((".query.weight", ".value.weight")) for k in changed), sorted(changed)
+
+
+def test_lora_merged_model_computes_what_the_adapted_one_did(tiny_bert: Path) -> None:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    strategy = LoraConfig(r=4).build()
+    adapted = strategy.prepare(load_classifier(str(tiny_bert), ["0", "1"], 0.0)).eval()
+    with torch.no_grad():  # trained adapters: lora_B starts at zero, which would make the check vacuous
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    batch = AutoTokenizer.from_pretrained(tiny_bert)(["a short one", "and a somewhat longer sentence here"],
+                                                     padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = adapted(**batch).logits
+        merged = strategy.finalize(adapted).eval()
+        after = merged(**batch).logits
+    assert not any("lora" in n for n, _ in merged.named_modules())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_candidate_exports_with_parity(data, tiny_bert: Path, settings) -> None:
+    outcome = train_candidate(data, Hyperparameters(strategy="lora", **FAST), settings, base_model=str(tiny_bert),
+                              show_progress=False)
+    parity = outcome.card.parity["fp32"]
+    assert outcome.card.strategy == "lora" and parity.passed and parity.label_agreement == 1.0
 
 
 def test_unknown_strategy() -> None:
@@ -168,3 +219,50 @@ def test_cli_options_left_out_keep_the_strategy_defaults(small_amazon: Path, tin
     # No --learning-rate: LoRA's own default, not full fine-tuning's; no --lora-alpha: LoRA's default.
     assert card.hyperparameters["learning_rate"] == LoraConfig.default_learning_rate
     assert card.hyperparameters["strategy"] == LoraConfig(r=4).model_dump(mode="json")
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(data, tiny_bert: Path) -> None:
+    # A learning rate too small to change anything: validation macro-F1 is the same every epoch.
+    hp = Hyperparameters(**FAST | {"epochs": 10, "learning_rate": 1e-12, "patience": 1})
+    tuned = fine_tune(data, hp, resolve_base_model(str(tiny_bert)), show_progress=False)
+    assert tuned.epochs_run == 2  # the first epoch sets the best; the second does not beat it
+
+
+def test_balanced_class_weights_weigh_the_loss_by_inverse_frequency(data, tiny_bert: Path) -> None:
+    from adapter.training.trainer import _WeightedLossTrainer
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.0], [1.5, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1])  # the minority class, 1, is a quarter of the rows
+    weights = torch.tensor([4 / 6, 4 / 2])  # sklearn's "balanced": n / (classes × count)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, **_: object):
+            return type("Out", (), {"logits": logits})()
+
+    trainer = _WeightedLossTrainer.__new__(_WeightedLossTrainer)
+    trainer.class_weights = weights
+    loss = trainer.compute_loss(Fixed(), {"labels": labels})
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(logits, labels, weight=weights))
+    assert not torch.isclose(loss, torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_cli_search_space_file_and_training_knobs_reach_the_card(small_amazon: Path, tiny_bert: Path,
+                                                                 tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("weight_decay: {low: 0.0, high: 0.2, grid: [0.0, 0.2]}\n"
+                     "strategy.r: {choices: [2, 4]}\n")
+    reg = str(tmp_path / "reg")
+    done = run_cli("train", "--data", str(small_amazon), "--base-model", str(tiny_bert), "--registry", reg,
+                   "--strategy", "lora", "--search", "grid", "--trials", "9", "--search-space", str(space),
+                   "--epochs", "1", "--max-length", "32", "--patience", "1", "--class-weights", "balanced",
+                   "--no-progress")
+    assert done.returncode == 0, done.stderr
+    card = Registry(reg).card("v1")
+    trials = pd.read_csv(tmp_path / "reg" / "versions" / "v1" / "search" / "trials.csv")
+    assert len(trials) == 4  # the whole 2 × 2 grid, not the budget of 9
+    assert {"params_weight_decay", "params_strategy.r"} <= set(trials.columns)
+    assert set(trials["params_strategy.r"]) == {2, 4}
+    best = card.search["best_params"]
+    assert card.hyperparameters["strategy"]["r"] == best["strategy.r"]
+    assert card.hyperparameters["weight_decay"] == best["weight_decay"]
+    assert card.hyperparameters["patience"] == 1 and card.hyperparameters["class_weights"] == "balanced"
