@@ -58,8 +58,7 @@ def monitor(
         settings.monitor.port = port
     disable_created_metrics()  # *_created series double the series count for nothing a dashboard uses
 
-    # The monitor publishes drift events through its own spool: two processes must not share one.
-    kafka = settings.kafka.model_copy(update={"spool_dir": settings.kafka.spool_dir / "monitor"})
+    kafka = settings.kafka  # its EventLog spools to a folder of its own under spool_dir, as every process does
     try:
         ensure_topics(kafka)
     except Exception as exc:  # the consumer retries; topics may be created by the service first

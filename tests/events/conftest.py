@@ -3,12 +3,16 @@ started); the shared broker fixtures come from the plugin tests/fixtures/broker.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from tests.fixtures.broker import consume_until  # noqa: F401  (tests import it from here)
 from tuneloop.events.broker import TansuBroker
+from tuneloop.events.client_config import common_config, topic_names
+from tuneloop.events.envelope import ReceivedEvent, unwrap
 from tuneloop.settings import KafkaSettings
 
 
@@ -20,3 +24,28 @@ def broker(own_broker: TansuBroker) -> TansuBroker:
 @pytest.fixture
 def kafka_settings(broker: TansuBroker, tmp_path: Path) -> KafkaSettings:
     return KafkaSettings(bootstrap_servers=broker.bootstrap_servers, spool_dir=tmp_path / "spool")
+
+
+def every_message(settings: KafkaSettings, kind: str, timeout: float = 30.0) -> list[ReceivedEvent]:
+    """Every event on a kind's topic, duplicates included (``consume_until`` drops them, as consumers do):
+    what a producer delivered twice shows here twice."""
+    topic = topic_names(settings)[kind]
+    consumer = KafkaConsumer(**common_config(settings), group_id=None, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(partitions)
+        events: list[ReceivedEvent] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                events += [unwrap(r.value, tp.topic, tp.partition, r.offset) for r in records]
+    finally:
+        consumer.close()
+    return events
+
+
+def spool_segments(root: Path) -> list[Path]:
+    """The segment files under a spool root, whichever process's folder they are in."""
+    return sorted(root.rglob("*.spool"))

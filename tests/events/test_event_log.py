@@ -23,9 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def spooled_ids(spool_dir: Path) -> list[str]:
-    """The CloudEvent ids waiting in a spool folder, in spool order."""
-    spool = Spool(spool_dir, max_bytes=1 << 30)
-    return [env.event_id for path in sorted(spool_dir.glob("*.spool")) for env in spool.read_segment(path)]
+    """The CloudEvent ids waiting under a spool root (one folder per process), in spool order per folder."""
+    ids = []
+    for folder in sorted({p.parent for p in spool_dir.rglob("*.spool")}):
+        spool = Spool(folder, max_bytes=1 << 30)  # a reader of its own: every segment counts as sealed
+        ids += [env.event_id for path in spool.sealed_segments() for env in spool.read_segment(path)]
+    return ids
 
 
 def wait_for(condition, timeout: float = 15.0) -> bool:
@@ -82,7 +85,7 @@ def test_broker_absent_at_start_then_every_event_arrives(own_broker: TansuBroker
     assert sorted(e.data.request_id for e in got) == sorted(request_id(i) for i in range(300))
     assert wait_for(lambda: log.stats()["spool_bytes"] == 0)
     assert log.stats()["replayed"] == 300
-    assert not list(settings.spool_dir.glob("*.spool"))  # segments go once every event in them was acked
+    assert not list(settings.spool_dir.rglob("*.spool"))  # segments go once every event in them was acked
     log.close()
 
 

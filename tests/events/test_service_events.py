@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.events.conftest import consume_until
+from tests.events.conftest import consume_until, every_message, spool_segments
 from tests.server_process import ServerProcess
 from tuneloop.events.broker import TansuBroker
 from tuneloop.settings import KafkaSettings
@@ -28,12 +30,30 @@ TEXTS = [f"review number {i}: the phone is {'great' if i % 2 else 'awful'}" for 
 
 
 def logging_env(settings: KafkaSettings) -> dict[str, str]:
+    # A BentoML home of the test's own: every `bentoml serve` empties
+    # $BENTOML_HOME/prometheus_multiproc_dir, which zeroes the counters of any server already running.
     return {"TUNELOOP_KAFKA__ENABLED": "true", "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "TUNELOOP_SPOOL_DIR": str(settings.spool_dir)}
+            "TUNELOOP_SPOOL_DIR": str(settings.spool_dir),
+            "BENTOML_HOME": str(settings.spool_dir.parent / "bentoml")}
+
+
+def answered(request, timeout: float = 60.0) -> httpx.Response:
+    """``request()``'s response once it is not a 503: with several workers, /readyz may have answered
+    for one while another is still loading its model."""
+    deadline = time.monotonic() + timeout
+    response = request()
+    while response.status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        response = request()
+    return response
+
+
+def metrics_text(server: ServerProcess) -> str:
+    return answered(lambda: httpx.get(f"{server.url}/metrics")).text
 
 
 def counter(server: ServerProcess, name: str, topic: str = "tuneloop.predictions") -> float:
-    text = httpx.get(f"{server.url}/metrics").text
+    text = metrics_text(server)
     return sum(float(v) for v in re.findall(rf'^{name}{{topic="{re.escape(topic)}"}} (\S+)$', text, re.M))
 
 
@@ -88,10 +108,78 @@ def test_service_killed_with_a_full_spool_replays_after_restart(served_registry:
     while counter(server, "tuneloop_events_spooled_total") < len(ids) and time.monotonic() < deadline:
         time.sleep(0.2)
     server.crash()  # every process of it SIGKILLed: no drain, no goodbye
-    assert list(kafka_settings.spool_dir.glob("*.spool"))
+    assert list(kafka_settings.spool_dir.rglob("*.spool"))
     broker.start()
     with ServerProcess(served_registry, tmp_path / "second.log", grpc=False, env=env):
         got = consume_until(kafka_settings, ["predictions"], len(ids))
+    assert sorted(e.data.request_id for e in got) == sorted(ids)
+
+
+def classify_until_spooled(server: ServerProcess, batches: int) -> list[str]:
+    """Request ids of ``batches`` classify calls, each on a connection of its own (so the workers share
+    them), once every prediction is in a spool."""
+    ids = []
+    for i in range(batches):
+        texts = TEXTS[i % 4 * 3:][:3]
+        r = answered(lambda: httpx.post(f"{server.url}/classify", json={"texts": texts}))
+        assert r.status_code == 200
+        ids += [p["request_id"] for p in r.json()["predictions"]]
+    deadline = time.monotonic() + 30
+    while counter(server, "tuneloop_events_spooled_total") < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert counter(server, "tuneloop_events_spooled_total") == len(ids)
+    return ids
+
+
+def spool_bytes(server: ServerProcess) -> float:
+    """tuneloop_spool_bytes: what the workers say they still hold."""
+    text = metrics_text(server)
+    found = re.search(r"^tuneloop_spool_bytes (\S+)$", text, re.M)
+    assert found, text[-2000:]
+    return float(found[1])
+
+
+def wait_until(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+def test_two_workers_deliver_each_spooled_prediction_once(
+        served_registry: Path, broker: TansuBroker, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=logging_env(kafka_settings),
+                       args=["--workers", "2"]) as server:
+        ids = classify_until_spooled(server, 100)  # the broker is down
+        folders = {p.parent for p in spool_segments(kafka_settings.spool_dir)}
+        broker.start()
+        # A segment goes once the broker acknowledged every event in it; and a worker that still counts
+        # bytes no longer there would stay in spool mode for good.
+        assert wait_until(lambda: not spool_segments(kafka_settings.spool_dir) and spool_bytes(server) == 0)
+        got = every_message(kafka_settings, "predictions")
+    assert len(got) == len({e.event_id for e in got}) == len(ids)  # none twice
+    assert sorted(e.data.request_id for e in got) == sorted(ids)
+    assert len(folders) == 2  # both workers had spooled: a folder each
+
+
+def test_a_killed_workers_spool_is_delivered_by_the_survivor(
+        served_registry: Path, broker: TansuBroker, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    # In a container BentoML does not respawn a worker that died (BENTOML_CONTAINERIZED, set by its
+    # images): the worker still alive has to deliver what the dead one spooled.
+    env = logging_env(kafka_settings) | {"BENTOML_CONTAINERIZED": "true"}
+    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=env,
+                       args=["--workers", "2"]) as server:
+        ids = classify_until_spooled(server, 40)  # the broker is down
+        folders = sorted({p.parent for p in spool_segments(kafka_settings.spool_dir)})
+        victim = int(folders[0].name.split("-")[-2])  # p-<host>-<pid>-<random>
+        assert victim in server.descendants()
+        os.kill(victim, signal.SIGKILL)
+        broker.start()
+        # Not tuneloop_spool_bytes: the dead worker's last value stays in it (nothing marks it dead).
+        assert wait_until(lambda: not spool_segments(kafka_settings.spool_dir))
+        got = every_message(kafka_settings, "predictions")
+        assert not folders[0].exists()  # adopted, replayed and removed
+    assert len(got) == len({e.event_id for e in got}) == len(ids)
     assert sorted(e.data.request_id for e in got) == sorted(ids)
 
 

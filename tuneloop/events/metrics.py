@@ -8,5 +8,9 @@ PRODUCED = Counter("tuneloop_events_produced_total", "Events acknowledged by the
 SPOOLED = Counter("tuneloop_events_spooled_total", "Events written to the local spool", ["topic"])
 REPLAYED = Counter("tuneloop_events_replayed_total", "Spooled events delivered later", ["topic"])
 SEND_ERRORS = Counter("tuneloop_event_send_errors_total", "Failed sends (each is then spooled)", ["topic"])
-DROPPED = Counter("tuneloop_events_dropped_total", "Events lost because the spool cap was hit", ["topic"])
-SPOOL_BYTES = Gauge("tuneloop_spool_bytes", "Bytes waiting in the spool", multiprocess_mode="livesum")
+DROPPED = Counter("tuneloop_events_dropped_total",
+                  "Events lost: the spool cap was hit or the disk refused the write", ["topic"])
+# livesum: a dead process's share drops out, and reappears in the process that adopts its folder.
+SPOOL_BYTES = Gauge("tuneloop_spool_bytes",
+                    "Bytes waiting in this process's spool folders (its own and adopted ones)",
+                    multiprocess_mode="livesum")

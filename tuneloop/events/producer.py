@@ -9,6 +9,11 @@ events go to the spool. While the spool holds events, new events join it rather 
 drained it, events flow straight to the broker again. Delivery is at-least-once: a crash between a
 send and the deletion of its segment replays events the broker already has, and consumers drop
 duplicates by the CloudEvent id.
+
+Each EventLog spools to a folder of its own under ``spool_dir`` (tuneloop/events/spool.py): with several
+workers, each replays only its own events. The replayer also adopts the folders of processes that died
+(at start, and then every ``reconnect_interval_s``) and replays them too. Sender and replayer are
+``SupervisedLoop``s: a step that raises is logged, counted and retried, never the end of the thread.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ import queue
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from tuneloop.events.client_config import ensure_topics, producer_config, topic_names
 from tuneloop.events.envelope import Envelope, wrap
 from tuneloop.events.metrics import DROPPED, PRODUCED, REPLAYED, SEND_ERRORS, SPOOL_BYTES, SPOOLED
 from tuneloop.events.schemas import EventData, FeedbackEvent, ModelEvent, PredictionEvent
-from tuneloop.events.spool import Spool
+from tuneloop.events.spool import FolderLock, Spool, claim_folder, orphaned_folders
 from tuneloop.settings import KafkaSettings
+from tuneloop.supervision import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +49,32 @@ class EventLog:
         self.topics = topic_names(settings)
         self._producer_config = producer_config(settings)  # a bad TLS/SASL/codec setting fails here, loudly
         self.reconnect_interval_s = reconnect_interval_s or settings.reconnect_interval_s
-        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync,
+        self._spool_root = Path(settings.spool_dir)
+        self._own_folder = claim_folder(self._spool_root)
+        self.spool = Spool(self._own_folder.folder, settings.spool_max_bytes, settings.spool_fsync,
                            segment_bytes=settings.spool_segment_bytes,
                            batch_fsync_interval_s=settings.spool_fsync_interval_ms / 1000)
+        # Folders of processes that died, held (locked) by us until every event in them is delivered.
+        self._adopted: list[tuple[FolderLock, Spool]] = []
+        self._next_adoption = 0.0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
         self._linger_s = settings.linger_ms / 1000
         self._max_batch = max(1, settings.queue_size // 2)
         self._producer = None
         self._route_lock = threading.Lock()  # "spool or send" and "spool drained" decide under it
-        self._spooling = not self.spool.is_empty()  # a previous process left events behind
         self._stop = threading.Event()
         self._closed = False
-        self._threads: list[threading.Thread] = []
+        try:
+            self._adopt_orphans()
+        except OSError as exc:  # a sibling folder we may not read: the replayer looks again, supervised
+            log.warning("could not look for orphaned spool folders in %s: %s", self._spool_root, exc)
+        # A previous process left events behind: ours wait behind them, as they did in its own spool.
+        self._spooling = bool(self._adopted)
+        # The sender's own stop: it finishes the queue after close() has stopped the rest.
+        self._sender_done = threading.Event()
+        self._sender = SupervisedLoop("tuneloop-event-sender", self._send_step, stop=self._sender_done)
+        self._replayer = SupervisedLoop("tuneloop-event-replayer", self._replay_step, stop=self._stop)
+        self._started = False
         self._unacked = 0
         self._unacked_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -61,10 +82,7 @@ class EventLog:
         for topic in self.topics.values():  # every series shows from the start, at 0
             for metric in (PRODUCED, SPOOLED, REPLAYED, SEND_ERRORS, DROPPED):
                 metric.labels(topic)
-        SPOOL_BYTES.set(self.spool.bytes)
-        for topic in self.topics.values():  # zero series, so "nothing spooled or dropped" reads as 0
-            for counter in (PRODUCED, SPOOLED, REPLAYED, SEND_ERRORS, DROPPED):
-                counter.labels(topic)
+        SPOOL_BYTES.set(self._spool_bytes())
 
     # ------------------------------------------------------------------ the request side
     def publish_prediction(self, event: PredictionEvent) -> None:
@@ -88,10 +106,9 @@ class EventLog:
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
         """Start the sender and the replayer; returns at once, the broker is reached in the background."""
-        for target, name in ((self._send_loop, "tuneloop-event-sender"), (self._replay_loop, "tuneloop-event-replayer")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._started = True
+        self._sender.start()
+        self._replayer.start()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every published event is acknowledged or spooled; True if that happened in time."""
@@ -118,17 +135,14 @@ class EventLog:
         self._closed = True  # later publishes go straight to the spool
         self._stop.set()
         deadline = time.monotonic() + timeout
-        if self._threads:
+        if self._started:
             try:  # the sender finishes what is queued before it sees the stop
                 self._queue.put(_STOP, timeout=max(0.1, deadline - time.monotonic()))
             except queue.Full:
                 pass  # it is stuck: what it did not take is spooled below
-        sender, replayer = self._threads or (None, None)
-        if sender is not None:
-            sender.join(timeout=max(0.1, deadline - time.monotonic()))
-        if replayer is not None:
+            self._sender.join(timeout=max(0.1, deadline - time.monotonic()))
             # A replayer that is only trying to connect holds nothing: not worth waiting for.
-            replayer.join(timeout=max(0.1, deadline - time.monotonic()) if self._producer is not None else 0.1)
+            self._replayer.join(timeout=max(0.1, deadline - time.monotonic()) if self._producer is not None else 0.1)
         producer = self._producer
         if producer is not None:
             try:  # sends that fail now are spooled by their errbacks
@@ -147,16 +161,25 @@ class EventLog:
             if item is not _STOP:
                 self._to_spool_safely(item)
         self.spool.close()
-        SPOOL_BYTES.set(self.spool.bytes)
+        SPOOL_BYTES.set(self._spool_bytes())
+        # Let go of every folder, ours too: what is left in them is another process's to replay (a later
+        # EventLog in this process included). An empty one is swept by the next process that looks.
+        for lock, _ in self._adopted:
+            lock.release()
+        self._own_folder.release()
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, spool size and this instance's counters (the Prometheus series add up all instances)."""
         with self._counts_lock:
             counts = dict(self._counts)
-        return {"queued": self._queue.qsize(), "spool_bytes": self.spool.bytes, "spooling": self._spooling,
+        return {"queued": self._queue.qsize(), "spool_bytes": self._spool_bytes(), "spooling": self._spooling,
                 "connected": self._producer is not None,
                 **{name: counts.get(name, 0) for name in ("produced", "spooled", "replayed", "send_errors",
                                                           "dropped", "unencodable")}}
+
+    def _spool_bytes(self) -> int:
+        """This process's spool and the adopted ones it is replaying."""
+        return self.spool.bytes + sum(spool.bytes for _, spool in tuple(self._adopted))
 
     def _count(self, name: str, metric: Any, topic: str) -> None:
         metric.labels(topic).inc()
@@ -164,22 +187,21 @@ class EventLog:
             self._counts[name] += 1
 
     # ------------------------------------------------------------------ sending
-    def _send_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = self._next_batch()
-            for item in batch:
-                try:
-                    if item is _STOP:
-                        stopping = True  # the events queued before it are still sent
-                        continue
-                    self._route(wrap(item, self.source))
-                except Exception:  # one bad event must not stop the thread every later event relies on
-                    log.exception("event log: could not handle %s", type(item).__name__)
-                    with self._counts_lock:
-                        self._counts["unencodable"] += 1
-                finally:
-                    self._queue.task_done()
+    def _send_step(self) -> float:
+        """One batch: every event in it is sent, spooled or counted, whatever happens to the others."""
+        for item in self._next_batch():
+            try:
+                if item is _STOP:
+                    self._sender_done.set()  # the events queued before it are still sent
+                    continue
+                self._route(wrap(item, self.source))
+            except Exception:  # one bad event must not cost the rest of its batch
+                log.exception("event log: could not handle %s", type(item).__name__)
+                with self._counts_lock:
+                    self._counts["unencodable"] += 1
+            finally:
+                self._queue.task_done()
+        return 0.0  # the next batch waits on the queue, not on a timer
 
     def _next_batch(self) -> list[Any]:
         """Wait for an event, let more gather for ``linger_ms``, then take them all.
@@ -245,11 +267,11 @@ class EventLog:
 
     def _to_spool(self, envelope: Envelope) -> None:
         topic = self.topics[envelope.kind]
-        if self.spool.append(envelope):
+        if self.spool.append(envelope):  # False: over the cap or the disk refused it, logged once per episode
             self._count("spooled", SPOOLED, topic)
         else:
             self._count("dropped", DROPPED, topic)
-        SPOOL_BYTES.set(self.spool.bytes)
+        SPOOL_BYTES.set(self._spool_bytes())
 
     def _to_spool_safely(self, data: EventData) -> None:
         """The request-thread path to the spool: a disk error is logged and counted, never raised."""
@@ -290,25 +312,71 @@ class EventLog:
             except Exception as exc:  # closing a producer whose broker is gone can fail; it is dropped anyway
                 log.debug("closing the old producer: %s", exc)
 
-    def _replay_loop(self) -> None:
-        while not self._stop.is_set():
-            self.spool.sync_if_due()  # fsync=batch: the last events of a burst reach the disk too
-            if self._producer is None and not self._connect():
-                self._stop.wait(self.reconnect_interval_s)
+    def _replay_step(self) -> float:
+        """One pass: connect if need be, adopt orphaned folders, replay what is spooled; returns the wait."""
+        self.spool.sync_if_due()  # fsync=batch: the last events of a burst reach the disk too
+        if self._producer is None and not self._connect():
+            return self.reconnect_interval_s
+        if time.monotonic() >= self._next_adoption:  # a cheap look: one listing and a flock per sibling
+            self._adopt_orphans()
+            self._next_adoption = time.monotonic() + self.reconnect_interval_s
+        if self._adopted and not self._replay_adopted():
+            return self.reconnect_interval_s
+        if self._spooling:
+            self._drain_spool()
+        return self.reconnect_interval_s if self._spooling else 0.2
+
+    def _adopt_orphans(self) -> None:
+        if self._closed:  # close() let go of every folder; taking new ones now would hold them for nothing
+            return
+        for lock in orphaned_folders(self._spool_root, exclude=self.spool.directory):
+            try:
+                spool = Spool(lock.folder, max_bytes=self.spool.max_bytes, fsync="never")
+            except OSError:
+                lock.release()  # not held for nothing: a later look, here or elsewhere, tries again
+                raise
+            if spool.is_empty():  # a process that ended with nothing spooled
+                lock.remove_folder()
                 continue
-            if self._spooling:
-                self._drain_spool()
-            self._stop.wait(self.reconnect_interval_s if self._spooling else 0.2)
+            log.info("adopting %d bytes of spooled events from %s, whose process is gone",
+                     spool.bytes, lock.folder)
+            self._adopted.append((lock, spool))
+        SPOOL_BYTES.set(self._spool_bytes())
+
+    def _replay_adopted(self) -> bool:
+        """Replay the adopted folders, each in its own order; True once all of them are delivered and gone."""
+        for lock, spool in tuple(self._adopted):
+            if not self._replay_segments(spool):
+                return False
+            self._adopted.remove((lock, spool))
+            lock.remove_folder()
+            log.info("delivered every event spooled in %s", lock.folder)
+        return True
 
     def _drain_spool(self) -> None:
         self.spool.seal()
-        for segment in self.spool.sealed_segments():
+        if not self._replay_segments(self.spool):
+            return
+        with self._route_lock:
+            self.spool.seal()  # events spooled while we replayed are in a new segment: go round again
+            if self.spool.is_empty():
+                self._spooling = False
+                log.info("event spool drained; sending straight to the broker again")
+
+    def _replay_segments(self, spool: Spool) -> bool:
+        """Send a spool's sealed segments in order, deleting each once acknowledged; False if interrupted."""
+        for segment in spool.sealed_segments():
             if self._stop.is_set():
-                return
-            envelopes = self.spool.read_segment(segment)
+                return False
+            try:
+                envelopes = spool.read_segment(segment)
+            except FileNotFoundError:  # deleted under us (by hand, a cleanup job): the rest still goes
+                log.warning("spool segment %s vanished before it was replayed; its events are lost", segment)
+                spool.remove(segment)
+                continue
             futures = [self._send(env, replay=True) for env in envelopes]
             if any(f is None for f in futures):
-                return
+                return False
             try:
                 self._producer.flush(timeout=30)
                 for future in futures:
@@ -316,12 +384,8 @@ class EventLog:
             except Exception as exc:  # the broker went away mid-replay: keep the segment, retry later
                 log.warning("replay of %s interrupted (%s); reconnecting to retry", segment.name, exc)
                 self._reconnect()
-                return
-            self.spool.remove(segment)
-            SPOOL_BYTES.set(self.spool.bytes)
-            log.info("replayed %d spooled events from %s", len(envelopes), segment.name)
-        with self._route_lock:
-            self.spool.seal()  # events spooled while we replayed are in a new segment: go round again
-            if self.spool.is_empty():
-                self._spooling = False
-                log.info("event spool drained; sending straight to the broker again")
+                return False
+            spool.remove(segment)
+            SPOOL_BYTES.set(self._spool_bytes())
+            log.info("replayed %d spooled events from %s", len(envelopes), segment)
+        return True
