@@ -52,9 +52,11 @@ class ServerProcess:
         self.http_port = free_port()
         self.grpc_port = free_port() if grpc else 0
         self.log_path = log_path
-        # No event log unless a test asks for one (with a broker and a spool folder of its own).
+        # No event log unless a test asks for one (with a broker and a spool folder of its own). A BentoML home
+        # of its own: every `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir, which would zero
+        # the counters of any other server running at the time.
         self.env = {**os.environ, "TUNELOOP_SERVING__POLL_INTERVAL_S": "0.2", "TUNELOOP_KAFKA__ENABLED": "false",
-                    **(env or {})}
+                    "BENTOML_HOME": str(log_path.parent / f"bentoml-{self.http_port}"), **(env or {})}
         self.args = args or []
         self.proc: subprocess.Popen | None = None
 

@@ -30,11 +30,8 @@ TEXTS = [f"review number {i}: the phone is {'great' if i % 2 else 'awful'}" for 
 
 
 def logging_env(settings: KafkaSettings) -> dict[str, str]:
-    # A BentoML home of the test's own: every `bentoml serve` empties
-    # $BENTOML_HOME/prometheus_multiproc_dir, which zeroes the counters of any server already running.
     return {"TUNELOOP_KAFKA__ENABLED": "true", "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "TUNELOOP_SPOOL_DIR": str(settings.spool_dir),
-            "BENTOML_HOME": str(settings.spool_dir.parent / "bentoml")}
+            "TUNELOOP_SPOOL_DIR": str(settings.spool_dir)}
 
 
 def answered(request, timeout: float = 60.0) -> httpx.Response:
