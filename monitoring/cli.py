@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,8 +14,31 @@ log = logging.getLogger("tuneloop.monitor")
 
 
 def register(app: typer.Typer) -> None:
-    """Mount ``tuneloop monitor`` (entry point group ``tuneloop.commands``)."""
+    """Mount ``tuneloop monitor`` and ``tuneloop alertmanager-config`` (entry point group ``tuneloop.commands``)."""
     app.command("monitor")(monitor)
+    app.command("alertmanager-config")(alertmanager_config)
+
+
+def alertmanager_config(
+    webhook_url: Annotated[str, typer.Option(
+        envvar="TUNELOOP_ALERT_WEBHOOK_URL", help="The adapter's alert webhook, e.g. http://adapter:8800/alerts.")],
+    token_file: Annotated[Path, typer.Option(
+        envvar="TUNELOOP_ALERT_WEBHOOK_TOKEN_FILE", help="File holding the webhook's bearer token.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of standard output.")] = None,
+) -> None:
+    """Render monitoring/alertmanager/alertmanager.yml with the adapter's webhook and its bearer token file."""
+    from monitoring.alerting import render_alertmanager_config
+    from monitoring.errors import MonitorError
+    from tuneloop.cli import fail
+
+    try:
+        text = render_alertmanager_config(webhook_url, token_file)
+    except MonitorError as exc:
+        raise fail(str(exc)) from None
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
 
 
 def monitor(
