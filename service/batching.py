@@ -11,6 +11,12 @@ beside BentoML, outside its dispatcher: one batcher is the only way for HTTP and
 batches. And it measured better: the same model and length buckets behind ``batchable``
 (bench/batchable_service.py) served 0.56–0.73× this batcher's throughput at concurrency 8 and 32, and a
 lone request waits for BentoML's dispatcher to re-learn its queue after a burst (bench/RESULTS.md).
+
+The queue is bounded by the texts waiting in it (``max_queue_texts``): past it ``submit`` refuses at once
+(OverloadedError: 503 with Retry-After, RESOURCE_EXHAUSTED), so under overload the admitted requests wait for
+at most a queue's worth of batches instead of an ever longer line. A request whose client gave up (its future
+cancelled: an HTTP client that disconnected, a gRPC call cancelled or past its deadline) is dropped when the
+worker takes it, before it is tokenised or run.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.metrics import BATCH_SIZE, INFERENCE_DURATION, PREDICTIONS
+from service.errors import OverloadedError, ServiceError
+from service.metrics import BATCH_SIZE, DROPPED, INFERENCE_DURATION, PREDICTIONS, QUEUED_TEXTS, REJECTED
 from service.model import ServedModel
 from tuneloop.inference import Tokenized, softmax
+from tuneloop.settings import ServingSettings
+from tuneloop.supervision import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
@@ -65,68 +74,107 @@ class _Pending:
 
 
 class MicroBatcher:
-    def __init__(self, current_model: Callable[[], ServedModel], max_batch_size: int = 32,
-                 max_latency_ms: float = 2.0, run_overhead_tokens: int | None = None) -> None:
+    def __init__(self, current_model: Callable[[], ServedModel], settings: ServingSettings) -> None:
         self._current_model = current_model
-        self.run_overhead_tokens = run_overhead_tokens
-        self.max_batch_size = max_batch_size
-        self.max_latency = max_latency_ms / 1000.0
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
+        self.run_overhead_tokens = settings.bucket_run_overhead_tokens
+        self.max_batch_size = settings.max_batch_size
+        self.max_latency = settings.max_latency_ms / 1000.0
+        self.max_queue_texts = settings.max_queue_texts
+        self.retry_after_s = settings.retry_after_s
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queued_texts = 0  # submitted, not yet taken by the worker; guarded by _lock
+        self._lock = threading.Lock()
         self._stopping = False
+        self._draining = False  # the stop marker was taken: run what is left, then end
+        # One step is one batch. A batch that fails has failed its own requests; the next batch's requests
+        # deserve their try at once, so there is no backoff, only the log line and the count.
+        self._worker = SupervisedLoop("tuneloop-batcher", self._step, initial_backoff_s=0.0, max_backoff_s=0.0)
+        REJECTED.labels("queue_full")  # shown from the start, at 0
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
 
     def start(self) -> None:
-        self._worker = threading.Thread(target=self._run, name="tuneloop-batcher", daemon=True)
         self._worker.start()
 
     def submit(self, texts: list[str]) -> Future:
+        """Queue ``texts`` for the model; the future gets their BatchOutput. Raises OverloadedError, at once,
+        when the queue holds ``max_queue_texts`` texts already."""
         future: Future = Future()
-        if self._stopping:
-            future.set_exception(RuntimeError("the service is shutting down"))
-            return future
         if not texts:  # answered when its last text has run, so a request without texts would never be
             future.set_exception(ValueError("nothing to classify: no texts"))
             return future
-        self._queue.put(_Pending(texts, future, time.perf_counter()))
+        with self._lock:  # as stop() takes it too, nothing is queued behind the stop marker
+            stopping, waiting = self._stopping, self._queued_texts
+            # An empty queue takes a request of any size: one larger than the limit could never get in.
+            refused = bool(waiting) and waiting + len(texts) > self.max_queue_texts
+            if not (stopping or refused):
+                self._queued_texts = waiting = waiting + len(texts)
+                self._queue.put(_Pending(texts, future, time.perf_counter()))
+        if stopping:
+            future.set_exception(RuntimeError("the service is shutting down"))
+        elif refused:
+            REJECTED.labels("queue_full").inc()
+            raise OverloadedError(f"overloaded: {waiting} texts are waiting for the model (the limit is "
+                                  f"{self.max_queue_texts}); retry in {self.retry_after_s} s",
+                                  self.retry_after_s)
+        else:
+            QUEUED_TEXTS.set(waiting)
         return future
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish every queued request, then stop (graceful shutdown drains, it does not drop)."""
-        self._stopping = True
-        self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout=timeout)
+        with self._lock:
+            self._stopping = True
+            self._queue.put(None)
+        self._worker.join(timeout=timeout)
 
-    def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
+    def _take(self, deadline: float | None) -> _Pending | None:
+        """The next request whose client still waits, or None: none came by ``deadline`` (perf_counter;
+        None waits for one), or the queue is empty once draining. Cancelled requests are dropped here,
+        before they cost the model anything; the ones returned are marked running (no longer cancellable)."""
+        while True:
+            try:
+                if self._draining:
+                    item = self._queue.get_nowait()
+                elif deadline is None:
+                    item = self._queue.get()
+                else:
+                    remaining = deadline - time.perf_counter()
+                    item = self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            if item is None:
+                self._draining = True
+                continue
+            with self._lock:
+                self._queued_texts -= len(item.texts)
+                waiting = self._queued_texts
+            QUEUED_TEXTS.set(waiting)
+            if item.future.set_running_or_notify_cancel():
+                return item
+            DROPPED.inc()
+
+    def _collect(self, first: _Pending) -> list[_Pending]:
         batch, size = [first], len(first.texts)
         deadline = first.enqueued + self.max_latency
         while size < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
-            try:
-                item = self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
-            except queue.Empty:
-                break
+            item = self._take(deadline)
             if item is None:
-                return batch, True
+                break
             batch.append(item)
             size += len(item.texts)
-        return batch, False
+        return batch
 
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch, stop = self._collect(first)
-            self._execute(batch)
-        while True:  # drain whatever arrived before the stop marker
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                self._execute([item])
+    def _step(self) -> None:
+        """One batch: wait for a request, gather what else comes within ``max_latency``, run them. Once the
+        stop marker is taken, the steps go on without waiting until the queue is empty, then end the loop."""
+        first = self._take(None)
+        if first is None:  # draining, and nothing is left
+            self._worker.stop_event.set()
+            return
+        self._execute(self._collect(first))
 
     def _execute(self, batch: list[_Pending]) -> None:
         """Run a batch bucket by bucket, answering each request as soon as its last text has run.
@@ -146,18 +194,15 @@ class MicroBatcher:
                     rows_left[i] -= 1
                     if rows_left[i] == 0:
                         start, end = bounds[i], bounds[i + 1]
-                        self._answer(batch[i], BatchOutput(model, result.probabilities[start:end],
-                                                           result.embeddings[start:end],
-                                                           result.truncated[start:end]))
+                        batch[i].future.set_result(BatchOutput(model, result.probabilities[start:end],
+                                                               result.embeddings[start:end],
+                                                               result.truncated[start:end]))
         except Exception as exc:  # hand the failure to every request still waiting; the worker lives on
             for pending, left in zip(batch, rows_left):
-                if left and pending.future.set_running_or_notify_cancel():
+                if left:
                     pending.future.set_exception(exc)
-
-    @staticmethod
-    def _answer(pending: _Pending, output: BatchOutput) -> None:
-        if pending.future.set_running_or_notify_cancel():
-            pending.future.set_result(output)
+            if not isinstance(exc, ServiceError):  # unexpected: the supervisor logs and counts it
+                raise
 
     def _run_buckets(self, model: ServedModel, tokens: Tokenized, result: _BatchResult) -> Iterator[np.ndarray]:
         """Fill ``result`` one length bucket at a time, shortest first, and yield each bucket's rows (indices

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from service.classify_schema import ClassifyRequest, ClassifyResponse, PredictionOut
-from service.dataplane import DataPlane, track_request
+from service.dataplane import DataPlane, track_request, until_disconnected
 from service.errors import ErrorResponse, InvalidInputError, describe_validation_errors
 
 
@@ -47,7 +47,7 @@ async def classify(request: Request) -> Response:
             texts = ClassifyRequest.model_validate_json(await request.body()).texts
         except ValidationError as exc:
             raise InvalidInputError(f"invalid request: {describe_validation_errors(exc.errors())}") from None
-        result = await plane.classify(texts)
+        result = await until_disconnected(request.receive, plane.classify(texts), watch=plane.backlogged)
     answer = ClassifyResponse(model_name=result.model_name, model_version=result.model_version,
                               predictions=[PredictionOut(**p.__dict__) for p in result.predictions])
     return Response(answer.model_dump_json(), media_type="application/json")

@@ -25,8 +25,10 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
 
 
 class ServiceError(Exception):
-    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    status: int = HTTPStatus.INTERNAL_SERVER_ERROR
     grpc_code = "INTERNAL"
+    # When to try again, for an error that passes: HTTP's Retry-After, gRPC's grpc-retry-pushback-ms.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -58,6 +60,25 @@ class NotEnabledError(ServiceError):
 class ModelNotReadyError(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     grpc_code = "UNAVAILABLE"
+
+
+class OverloadedError(ServiceError):
+    """The batcher's queue is full: refused at once rather than queued behind more than the model can run
+    soon. The client should come back after ``retry_after_s``."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ClientDisconnectedError(ServiceError):
+    """The HTTP client went away before its answer; nobody reads the response, but the request is counted."""
+
+    status = 499  # nginx's "client closed request": no standard code says it, and it is no server error
+    grpc_code = "CANCELLED"
 
 
 class SwapError(ServiceError):

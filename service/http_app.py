@@ -12,19 +12,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tuneloop
 from service import classify, feedback, rest_oip
+from service.content_type import BodyLimit
 from service.errors import ServiceError, describe_validation_errors
 from service.metrics import render_metrics
+from tuneloop.settings import get_settings
 
 app = FastAPI(title="tuneloop — classify and Open Inference Protocol v2", version=tuneloop.__version__,
               openapi_url="/v2/openapi.json", docs_url="/v2/docs", redoc_url=None)
 app.include_router(classify.router)
 app.include_router(rest_oip.router)
 app.include_router(feedback.router)
+# Here, not among BentoML's middlewares: every route that reads a body is this app's.
+app.add_middleware(BodyLimit, max_bytes=get_settings().serving.max_body_bytes)
 
 
 @app.exception_handler(ServiceError)
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=int(exc.status))
+    headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    return JSONResponse({"error": exc.message}, status_code=int(exc.status), headers=headers)
 
 
 # FastAPI's own answer to a body it cannot decode (invalid UTF-8, say) is this, as {"detail": ...}.

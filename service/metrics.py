@@ -18,6 +18,14 @@ REQUESTS = Counter("tuneloop_requests_total", "Requests answered, by route and s
 REQUEST_DURATION = Histogram("tuneloop_request_duration_seconds", "Time from request to response",
                              ["route"], buckets=LATENCY_BUCKETS)
 INFLIGHT = Gauge("tuneloop_inflight_requests", "Requests being answered now", multiprocess_mode="livesum")
+# Overload is refused early (413 for a body over the limit, 503 / RESOURCE_EXHAUSTED at a full queue), and a
+# request whose client gave up is dropped before the model runs it: these say how often.
+REJECTED = Counter("tuneloop_requests_rejected_total", "Requests refused before any work, by reason",
+                   ["reason"])
+DROPPED = Counter("tuneloop_requests_dropped_total",
+                  "Requests taken off the queue unrun: their client went away or its deadline passed")
+QUEUED_TEXTS = Gauge("tuneloop_queued_texts", "Texts waiting for the model, not yet taken into a batch",
+                     multiprocess_mode="livesum")
 INFERENCE_DURATION = Histogram("tuneloop_inference_duration_seconds", "One session.run on one batch",
                                ["model_version"], buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("tuneloop_batch_size", "Texts per session.run", ["model_version"], buckets=BATCH_BUCKETS)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 import tuneloop
 from service import oip, rest_binary
-from service.dataplane import DataPlane, track_request
+from service.dataplane import DataPlane, track_request, until_disconnected
 from service.errors import ErrorResponse, InvalidInputError, describe_validation_errors
 from service.oip import OUTPUT_NAMES, Tensor, model_metadata, server_metadata
 
@@ -128,7 +128,9 @@ async def _infer(request: Request, name: str, version: str | None,
             inputs = [Tensor(i.name, i.datatype, i.shape, i.data) for i in body.inputs]
         requested = [o.name for o in body.outputs] if body.outputs else None
         binary = rest_binary.binary_outputs(body.parameters, body.outputs, requested or OUTPUT_NAMES)
-        answer = await oip.infer(dataplane(request), name, version, inputs, requested)
+        plane = dataplane(request)
+        answer = await until_disconnected(request.receive, oip.infer(plane, name, version, inputs, requested),
+                                          watch=plane.backlogged)
         header = {"model_name": answer.model_name, "model_version": answer.model_version,
                   "id": body.id or uuid.uuid4().hex}
         if binary:

@@ -36,8 +36,9 @@ class ServingRuntime:
                 lambda kind, name, version, reason: swap_event(events, kind, name, version, reason))
 
     def start(self) -> None:
-        http = ("200", "400", "404", "413", "500", "503")
-        grpc = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL", "UNAVAILABLE")
+        http = ("200", "400", "404", "413", "499", "500", "503")
+        grpc = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED",
+                "DEADLINE_EXCEEDED")
         initialise_series({"/classify": http, "/v2/models/{name}/infer": http, "/feedback": http,
                            "grpc:ModelInfer": grpc}, ("verify", "load", "warm_up", "smoke_check"))
         if self.events is not None:

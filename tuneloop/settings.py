@@ -76,6 +76,11 @@ class ServingSettings(BaseModel):
     max_text_chars: int = Field(10_000, ge=1)
     max_tokens: int = Field(128, ge=8)
     on_too_long: Literal["truncate", "reject"] = "truncate"
+    # Overload is refused early rather than queued forever (docs/runbooks.md). An admitted request waits at most
+    # about max_queue_texts / throughput: ~1 s on two CPU cores, a fraction of that on a GPU (bench/RESULTS.md).
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="largest request body (HTTP and gRPC); 413 past it")
+    max_queue_texts: int = Field(256, ge=1, description="texts waiting for the model; past it, 503 / RESOURCE_EXHAUSTED")
+    retry_after_s: int = Field(1, ge=1, description="the Retry-After an overloaded service answers with")
     max_batch_size: int = Field(32, ge=1)
     max_latency_ms: float = Field(2.0, ge=0, description="longest a batch waits for more requests")
     intra_op_threads: int = Field(0, ge=0, description="0: one per core")

@@ -6,6 +6,10 @@ It is grpc.aio on an event loop of its own thread: a call awaits the shared micr
 HTTP requests land in the same batches) instead of blocking one of a pool of threads, which capped the
 calls in flight at the pool's size (measured: +6% requests/s and less CPU per call at concurrency 32,
 bench/RESULTS.md).
+
+Overload is refused as on HTTP: a message over ``serving.max_body_bytes`` gets RESOURCE_EXHAUSTED from grpcio
+before it is decoded, a full batcher queue RESOURCE_EXHAUSTED with ``grpc-retry-pushback-ms``, and a call
+cancelled or past its deadline is cancelled in the batcher's queue too, so the model never runs it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.oip import model_metadata, server_metadata
+from tuneloop.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +104,16 @@ def _timeout(context: Ctx) -> float:
 async def _answer(method: str, context: Ctx, work: Callable[[], R | Awaitable[R]]) -> R:
     """Run one RPC: count it under ``grpc:<method>`` with its gRPC code, and turn every failure into
     a status with a message. Nothing escapes to grpcio, whose fallback is a bare UNKNOWN."""
-    code, details = grpc.StatusCode.OK, ""
-    with track_request(f"grpc:{method}") as outcome:
+    code, details, trailers = grpc.StatusCode.OK, "", ()
+    with track_request(f"grpc:{method}", cancelled="CANCELLED") as outcome:
         try:
             response = work()
             if inspect.isawaitable(response):
                 response = await response
         except ServiceError as exc:
             code, details = grpc.StatusCode[exc.grpc_code], exc.message
+            if exc.retry_after_s is not None:  # honoured by gRPC's own retry policy (gRFC A6)
+                trailers = (("grpc-retry-pushback-ms", str(exc.retry_after_s * 1000)),)
         except (TimeoutError, asyncio.TimeoutError):
             code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "no answer from the model within the deadline"
         except Exception as exc:
@@ -117,8 +124,16 @@ async def _answer(method: str, context: Ctx, work: Callable[[], R | Awaitable[R]
     if code is not grpc.StatusCode.OK:
         # Outside track_request: abort raises (grpc.aio ends the call with this status), and
         # track_request would count that as a 500.
-        await context.abort(code, details)
+        await context.abort(code, details, trailers)
     return response
+
+
+def max_concurrent_rpcs(settings: ServingSettings) -> int:
+    """Calls grpcio lets in at once; past it it answers RESOURCE_EXHAUSTED before any Python runs. Every
+    admitted ModelInfer call holds at least one text in the batcher's queue or in the running batch, so no
+    more than ``max_queue_texts + max_batch_size`` of them wait on the model; the limit is twice that, so
+    the queue refuses the excess first, with a reason and a count, and grpcio only a flood beyond it."""
+    return 2 * (settings.max_queue_texts + settings.max_batch_size)
 
 
 def _address(host: str, port: int) -> str:
@@ -142,7 +157,11 @@ class GrpcServer:
 
     @staticmethod
     async def _start(dataplane: DataPlane, address: str) -> grpc.aio.Server:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        settings = dataplane.settings
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", settings.max_body_bytes)],
+            maximum_concurrent_rpcs=max_concurrent_rpcs(settings),
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
         try:
             bound = server.add_insecure_port(address)

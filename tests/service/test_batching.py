@@ -11,9 +11,10 @@ from prometheus_client import REGISTRY
 from scipy.special import softmax
 
 from service.batching import BatchOutput, MicroBatcher
+from service.errors import OverloadedError
 from service.model import ServedModel, load_served_model
 from tuneloop.registry import Registry
-from tuneloop.settings import load_settings
+from tuneloop.settings import ServingSettings, load_settings
 
 SHORT = "fine"
 LONG = "the battery lasted two days, the screen cracked in a week and support never answered my mails " * 3
@@ -26,7 +27,7 @@ def served(served_registry: Path) -> ServedModel:
 
 def one_batch(served: ServedModel, *requests: list[str]) -> list[Future]:
     """Submit every request before the worker starts, so that they meet in one batch."""
-    batcher = MicroBatcher(lambda: served)
+    batcher = MicroBatcher(lambda: served, ServingSettings())
     futures = [batcher.submit(texts) for texts in requests]
     batcher.start()
     for future in futures:
@@ -46,7 +47,7 @@ def session_runs(served: ServedModel) -> float:
 
 
 def test_a_short_request_is_answered_before_the_long_bucket_runs(served: ServedModel) -> None:
-    batcher = MicroBatcher(lambda: served)
+    batcher = MicroBatcher(lambda: served, ServingSettings())
     short, long = batcher.submit([SHORT]), batcher.submit([LONG])
     # Done-callbacks run in the thread that sets the result: this reads the session runs made so far at
     # the moment the short request is answered.
@@ -73,8 +74,83 @@ def test_a_request_spread_over_buckets_gets_its_rows_in_its_order(served: Served
 
 
 def test_a_request_without_texts_is_refused_not_left_waiting(served: ServedModel) -> None:
-    batcher = MicroBatcher(lambda: served)
+    batcher = MicroBatcher(lambda: served, ServingSettings())
     batcher.start()
     with pytest.raises(ValueError, match="no texts"):
         batcher.submit([]).result(timeout=5)
     batcher.stop()
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def texts_run(served: ServedModel) -> float:
+    """Texts the session has run so far (every run observes its size)."""
+    return sample("tuneloop_batch_size_sum", {"model_version": served.version})
+
+
+def test_a_full_queue_refuses_at_once_and_counts_it(served: ServedModel) -> None:
+    batcher = MicroBatcher(lambda: served, ServingSettings(max_queue_texts=3, retry_after_s=2))
+    rejected = sample("tuneloop_requests_rejected_total", {"reason": "queue_full"})
+    admitted = [batcher.submit([SHORT, SHORT]), batcher.submit([SHORT])]  # not started: they wait
+    assert batcher.queued_texts == 3
+    with pytest.raises(OverloadedError, match="3 texts are waiting for the model") as refused:
+        batcher.submit([SHORT])
+    error = refused.value
+    assert (error.status, error.grpc_code, error.retry_after_s) == (503, "RESOURCE_EXHAUSTED", 2)
+    assert sample("tuneloop_requests_rejected_total", {"reason": "queue_full"}) == rejected + 1
+    assert sample("tuneloop_queued_texts") == 3
+    batcher.start()
+    assert [len(f.result(timeout=60).probabilities) for f in admitted] == [2, 1]
+    assert batcher.queued_texts == 0
+    batcher.stop()
+
+
+def test_an_empty_queue_takes_a_request_larger_than_the_limit(served: ServedModel) -> None:
+    """Else a request over the limit would be told to retry, forever."""
+    batcher = MicroBatcher(lambda: served, ServingSettings(max_queue_texts=1))
+    future = batcher.submit([SHORT, SHORT, SHORT])
+    batcher.start()
+    assert len(future.result(timeout=60).probabilities) == 3
+    batcher.stop()
+
+
+def test_a_cancelled_request_never_reaches_the_model(served: ServedModel) -> None:
+    batcher = MicroBatcher(lambda: served, ServingSettings())
+    gone, kept = batcher.submit([LONG, SHORT]), batcher.submit([SHORT])
+    assert gone.cancel()  # what a disconnected client or a passed deadline does to its request
+    runs_before, dropped = texts_run(served), sample("tuneloop_requests_dropped_total")
+    batcher.start()
+    assert len(kept.result(timeout=60).probabilities) == 1
+    batcher.stop()
+    assert texts_run(served) - runs_before == 1  # only the kept request's text ran
+    assert sample("tuneloop_requests_dropped_total") == dropped + 1
+    assert batcher.queued_texts == 0
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on(served: ServedModel) -> None:
+    """The worker is a supervised loop: the failure is logged and counted, the next batch runs."""
+    failures = iter([RuntimeError("the session broke")])
+
+    def current() -> ServedModel:
+        for exc in failures:
+            raise exc
+        return served
+
+    errors = sample("tuneloop_background_errors_total", {"thread": "tuneloop-batcher"})
+    batcher = MicroBatcher(current, ServingSettings())
+    batcher.start()
+    with pytest.raises(RuntimeError, match="the session broke"):
+        batcher.submit([SHORT]).result(timeout=60)
+    assert len(batcher.submit([SHORT]).result(timeout=60).probabilities) == 1
+    batcher.stop()
+    assert sample("tuneloop_background_errors_total", {"thread": "tuneloop-batcher"}) == errors + 1
+
+
+def test_stop_answers_what_was_queued_before_it(served: ServedModel) -> None:
+    batcher = MicroBatcher(lambda: served, ServingSettings(max_batch_size=2))
+    futures = [batcher.submit([SHORT]) for _ in range(5)]
+    batcher.start()
+    batcher.stop()
+    assert all(len(f.result(timeout=0).probabilities) == 1 for f in futures)

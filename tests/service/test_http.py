@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +120,68 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(server: ServerProcess, path
         r = post(server, path, json=payload)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+LIMIT = ServingSettings().max_body_bytes  # the server runs with the default
+PADDED = {"/classify": {"texts": ["fine"]},
+          "/v2/models/sentiment/infer": {"inputs": [GOOD]}}
+
+
+def padded_body(path: str) -> bytes:
+    """A valid request padded with JSON whitespace past the body limit: today's parser would accept it."""
+    return json.dumps(PADDED[path]).encode() + b" " * LIMIT
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """One HTTP/1.1 response with a Content-Length, read from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize("path", list(PADDED))
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_over_the_limit_is_refused_before_the_rest_is_sent(server: ServerProcess, path: str,
+                                                                  framing: str) -> None:
+    """The client sends only the head (Content-Length) or the first chunks past the limit, then waits: the
+    413 comes without the rest of the body, which the server never needs."""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        if framing == "content-length":
+            sock.sendall(f"{head}Content-Length: {LIMIT + 1}\r\n\r\n".encode())
+        else:
+            sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+            chunk = b" " * (64 * 1024)
+            for _ in range(LIMIT // len(chunk) + 1):  # past the limit; the closing chunk never comes
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        status, headers, body = read_response(sock)
+    assert status == 413, body
+    assert headers["connection"] == "close"
+    assert f"the limit of {LIMIT} bytes" in body["error"]
+
+
+@pytest.mark.parametrize("path", list(PADDED))
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_http_clients_read_the_413_for_a_whole_body_over_the_limit(server: ServerProcess, path: str,
+                                                                    chunked: bool) -> None:
+    body = padded_body(path)
+    content = (body[i:i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    refused = post(server, path, content=content, headers={"content-type": "application/json"})
+    assert refused.status_code == 413, refused.text
+    assert "request body too large" in refused.json()["error"]
+    # Within the limit, the same request is served.
+    within = post(server, path, content=body[:LIMIT], headers={"content-type": "application/json"})
+    assert within.status_code == 200, within.text
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert re.search(r'^tuneloop_requests_rejected_total\{reason="body_too_large"\} [1-9]', metrics, re.M)
 
 
 def test_reject_mode_refuses_texts_over_the_token_limit(served_registry: Path) -> None:
