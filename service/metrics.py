@@ -7,6 +7,7 @@ gauge says how its per-process values combine.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
@@ -49,9 +50,24 @@ def initialise_series(routes: dict[str, tuple[str, ...]], swap_failure_reasons: 
         SWAP_FAILURES.labels(reason)
 
 
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges (spool bytes, requests in flight, the served model) of worker processes that are
+    gone. BentoML never clears a dead worker's files, and inside a container it does not replace the worker,
+    so its last values would stay in every sum and keep alerts such as TuneloopEventsSpooling firing."""
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:  # alive, under another user
+            pass
+
+
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text of every series, summed over BentoML's worker processes when it runs several."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:

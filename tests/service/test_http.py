@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import os
 from pathlib import Path
 
 import httpx
@@ -258,3 +259,22 @@ def test_graceful_shutdown_answers_requests_in_flight(served_registry: Path, tmp
     assert [status for status, _ in results] == [200] * 16
     assert all(done > terminated_at for _, done in results)
     assert proc.proc.wait(timeout=60) == 0, proc.tail()
+
+
+def test_a_dead_workers_live_gauges_leave_the_sums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed with events in its spool must not keep tuneloop_spool_bytes (and the spooling alert) up."""
+    import subprocess
+    import sys
+
+    from service.metrics import render_metrics
+
+    folder = tmp_path / "multiproc"
+    folder.mkdir()
+    worker = ("from prometheus_client import Gauge\n"
+              "Gauge('tuneloop_spool_bytes', 'spool', multiprocess_mode='livesum').set(4096)\n")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    subprocess.run([sys.executable, "-c", worker], env=env, check=True)  # it has exited: its pid is dead
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    text = render_metrics()[0].decode()
+    assert "tuneloop_spool_bytes 4096.0" not in text
+    assert not list(folder.glob("gauge_livesum_*.db"))
