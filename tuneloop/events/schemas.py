@@ -1,5 +1,6 @@
 """Versioned schemas of the events' ``data``. The CloudEvent ``type`` names the schema and its version,
-so a consumer can read old events after a schema changes (add v2 classes; never edit v1)."""
+so a consumer can read old events after a schema changes. A compatible change (a new optional field, which
+older readers ignore) keeps the version; anything else is a v2 class beside v1, whose fields never change."""
 
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ class FeedbackEvent(EventData):
     source: str = "api"
     timestamp: datetime = Field(default_factory=utc_now)
     model_name: str | None = None
+    # Where predictions are logged without their text (kafka.log_inputs hash or none), feedback may carry it,
+    # so that the pair can still become a training example.
+    text: str | None = None
 
     def key(self) -> str:
         return self.request_id
