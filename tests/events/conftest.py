@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from tests.fixtures.broker import consume_until  # noqa: F401  (tests import it from here)
 from tuneloop.events.broker import TansuBroker
@@ -29,6 +30,12 @@ def kafka_settings(broker: TansuBroker, tmp_path: Path) -> KafkaSettings:
 def every_message(settings: KafkaSettings, kind: str, timeout: float = 30.0) -> list[ReceivedEvent]:
     """Every event on a kind's topic, duplicates included (``consume_until`` drops them, as consumers do):
     what a producer delivered twice shows here twice."""
+    return [unwrap(r.value, r.topic, r.partition, r.offset) for r in every_record(settings, kind, timeout)]
+
+
+def every_record(settings: KafkaSettings, kind: str, timeout: float = 30.0) -> list[ConsumerRecord]:
+    """Every message on a kind's topic as the broker holds it (key, partition, offset), partition by partition
+    in offset order."""
     topic = topic_names(settings)[kind]
     consumer = KafkaConsumer(**common_config(settings), group_id=None, enable_auto_commit=False)
     try:
@@ -36,14 +43,14 @@ def every_message(settings: KafkaSettings, kind: str, timeout: float = 30.0) -> 
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         end = consumer.end_offsets(partitions)
-        events: list[ReceivedEvent] = []
+        records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout
         while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                events += [unwrap(r.value, tp.topic, tp.partition, r.offset) for r in records]
+            for batch in consumer.poll(timeout_ms=500).values():
+                records += batch
     finally:
         consumer.close()
-    return events
+    return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
 def spool_segments(root: Path) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
@@ -11,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.events.conftest import consume_until, every_message, spool_segments
+from tests.events.conftest import consume_until, every_message, every_record, spool_segments
+from tests.fixtures.broker import isolated_settings, kafka_env
 from tests.server_process import ServerProcess
 from tuneloop.events.broker import TansuBroker
+from tuneloop.events.envelope import unwrap
 from tuneloop.settings import KafkaSettings
 
 @pytest.fixture(scope="module")
@@ -22,16 +26,11 @@ def logging_server(served_registry: Path, tmp_path_factory: pytest.TempPathFacto
     folder = tmp_path_factory.mktemp("logging-server")
     with TansuBroker(log_path=folder / "tansu.log") as broker:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, spool_dir=folder / "spool")
-        with ServerProcess(served_registry, folder / "server.log", grpc=False, env=logging_env(settings)) as server:
+        with ServerProcess(served_registry, folder / "server.log", grpc=False, env=kafka_env(settings)) as server:
             yield server
 
 
 TEXTS = [f"review number {i}: the phone is {'great' if i % 2 else 'awful'}" for i in range(12)]
-
-
-def logging_env(settings: KafkaSettings) -> dict[str, str]:
-    return {"TUNELOOP_KAFKA__ENABLED": "true", "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "TUNELOOP_SPOOL_DIR": str(settings.spool_dir)}
 
 
 def answered(request, timeout: float = 60.0) -> httpx.Response:
@@ -57,7 +56,7 @@ def counter(server: ServerProcess, name: str, topic: str = "tuneloop.predictions
 def test_predictions_and_feedback_reach_their_topics(served_registry: Path, broker: TansuBroker,
                                                      kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     broker.start()
-    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=logging_env(kafka_settings)) as server:
+    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=kafka_env(kafka_settings)) as server:
         body = httpx.post(f"{server.url}/classify", json={"texts": TEXTS}).json()
         ids = [p["request_id"] for p in body["predictions"]]
         single = httpx.post(f"{server.url}/feedback", json={"request_id": ids[0], "label": "1", "source": "qa"})
@@ -65,21 +64,48 @@ def test_predictions_and_feedback_reach_their_topics(served_registry: Path, brok
         batch = httpx.post(f"{server.url}/feedback",
                            json={"feedback": [{"request_id": i, "label": "0"} for i in ids[1:4]]})
         assert batch.json() == {"accepted": 3}
+        with_text = httpx.post(f"{server.url}/feedback", json={"request_id": ids[4], "label": "0", "text": TEXTS[4]})
+        assert with_text.status_code == 202
         predictions = consume_until(kafka_settings, ["predictions"], len(TEXTS))
-        feedback = consume_until(kafka_settings, ["feedback"], 4)
+        feedback = consume_until(kafka_settings, ["feedback"], 5)
+        model_events = consume_until(kafka_settings, ["model-events"], 1)
+        records = every_record(kafka_settings, "predictions")
     by_id = {e.data.request_id: e.data for e in predictions}
     assert set(by_id) == set(ids)
     first = by_id[ids[0]]
     assert (first.model_name, first.model_version, first.text) == ("sentiment", "v1", TEXTS[0])
     assert first.embedding_vector().shape == (32,)  # the tiny model's pooled embedding
     assert first.label == body["predictions"][0]["label"]
-    assert sorted(e.data.request_id for e in feedback) == sorted(ids[:4])
+    assert sorted(e.data.request_id for e in feedback) == sorted(ids[:5])
     assert {e.data.source for e in feedback} == {"qa", "api"}
+    assert {e.data.request_id: e.data.text for e in feedback}[ids[4]] == TEXTS[4]
+    # The key is the request id: a prediction and its feedback land in the same partition, in order.
+    assert {r.key.decode(): unwrap(r.value).data.request_id for r in records} == {i: i for i in ids}
+    # The hot swap that loaded the first model is on the model-events topic.
+    swap = [e.data for e in model_events if e.data.kind == "swap"]
+    assert swap and (swap[0].version, swap[0].actor, swap[0].reason) == ("v1", "tuneloop-service",
+                                                                         "first model loaded")
+
+
+@pytest.mark.parametrize("mode", ["hash", "none"])
+def test_log_inputs_keeps_the_text_out_of_the_events(served_registry: Path, kafka_broker, tmp_path: Path,
+                                                     mode: str) -> None:
+    settings = isolated_settings(kafka_broker.bootstrap_servers, tmp_path / "spool")
+    env = {**kafka_env(settings), "TUNELOOP_KAFKA__LOG_INPUTS": mode}
+    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=env) as server:
+        body = httpx.post(f"{server.url}/classify", json={"texts": TEXTS[:4]}).json()
+        events = consume_until(settings, ["predictions"], 4)
+    by_id = {e.data.request_id: e.data for e in events}
+    for text, prediction in zip(TEXTS[:4], body["predictions"]):
+        event = by_id[prediction["request_id"]]
+        assert event.input_mode == mode and event.text is None and event.text_length == len(text)
+        assert event.text_sha256 == (hashlib.sha256(text.encode()).hexdigest() if mode == "hash" else None)
+        assert text not in json.dumps(event.model_dump(mode="json"))
 
 
 def test_broker_down_at_start_then_every_prediction_arrives(served_registry: Path, broker: TansuBroker,
                                                             kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=logging_env(kafka_settings)) as server:
+    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=kafka_env(kafka_settings)) as server:
         ids = []
         for i in range(0, len(TEXTS), 3):
             r = httpx.post(f"{server.url}/classify", json={"texts": TEXTS[i:i + 3]})
@@ -92,13 +118,19 @@ def test_broker_down_at_start_then_every_prediction_arrives(served_registry: Pat
         broker.start()
         got = consume_until(kafka_settings, ["predictions"], len(ids))
         assert sorted(e.data.request_id for e in got) == sorted(ids)
+        # Replayed in the order they were spooled: within each partition, in the order they were sent.
+        on_partitions: dict[int, list[str]] = {}
+        for record in every_record(kafka_settings, "predictions"):
+            on_partitions.setdefault(record.partition, []).append(unwrap(record.value).data.request_id)
+        for partition, replayed in on_partitions.items():
+            assert replayed == [i for i in ids if i in set(replayed)], partition
         assert counter(server, "tuneloop_events_replayed_total") >= len(ids)
         assert counter(server, "tuneloop_events_dropped_total") == 0
 
 
 def test_service_killed_with_a_full_spool_replays_after_restart(served_registry: Path, broker: TansuBroker,
                                                                 kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    env = logging_env(kafka_settings) | {"TUNELOOP_KAFKA__SPOOL_FSYNC": "always"}
+    env = kafka_env(kafka_settings) | {"TUNELOOP_KAFKA__SPOOL_FSYNC": "always"}
     server = ServerProcess(served_registry, tmp_path / "first.log", grpc=False, env=env).start()
     ids = [p["request_id"] for p in httpx.post(f"{server.url}/classify", json={"texts": TEXTS}).json()["predictions"]]
     deadline = time.monotonic() + 30
@@ -145,7 +177,7 @@ def wait_until(condition, timeout: float = 60.0) -> bool:
 
 def test_two_workers_deliver_each_spooled_prediction_once(
         served_registry: Path, broker: TansuBroker, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=logging_env(kafka_settings),
+    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=kafka_env(kafka_settings),
                        args=["--workers", "2"]) as server:
         ids = classify_until_spooled(server, 100)  # the broker is down
         folders = {p.parent for p in spool_segments(kafka_settings.spool_dir)}
@@ -163,7 +195,7 @@ def test_a_killed_workers_spool_is_delivered_by_the_survivor(
         served_registry: Path, broker: TansuBroker, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     # In a container BentoML does not respawn a worker that died (BENTOML_CONTAINERIZED, set by its
     # images): the worker still alive has to deliver what the dead one spooled.
-    env = logging_env(kafka_settings) | {"BENTOML_CONTAINERIZED": "true"}
+    env = kafka_env(kafka_settings) | {"BENTOML_CONTAINERIZED": "true"}
     with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=env,
                        args=["--workers", "2"]) as server:
         ids = classify_until_spooled(server, 40)  # the broker is down
@@ -190,6 +222,8 @@ def test_a_killed_workers_spool_is_delivered_by_the_survivor(
          "feedback[1]: unknown label"),
         ({"request_id": 5, "label": "1"}, 400, "invalid request"),
         ({"label": "1"}, 400, "invalid request"),
+        ({"request_id": "a" * 32, "label": "1", "text": "  "}, 400, "text is empty"),
+        ({"request_id": "a" * 32, "label": "1", "text": "x" * 10_001}, 413, "text has 10001 characters"),
     ],
 )
 def test_bad_feedback_gets_a_4xx(logging_server: ServerProcess, payload: dict, status: int, message: str) -> None:
