@@ -83,3 +83,25 @@ def served_registry(tmp_path_factory: pytest.TempPathFactory, small_amazon: Path
     version = train_tiny_version(root, small_amazon, tiny_bert)
     approve_and_promote(root, version)
     return root
+
+
+# The validation fraction of `tuneloop train`'s default, and of `make demo`: the reference sample the drift
+# monitor compares with is (a sample of) the validation split, so these two give it 100 and 250 rows.
+DEFAULT_VALIDATION_FRACTION = 0.1
+DEMO_VALIDATION_FRACTION = 0.25
+
+
+@pytest.fixture(scope="session")
+def minilm_amazon(tmp_path_factory: pytest.TempPathFactory):
+    """MiniLM fine-tuned on the amazon sentences by `tuneloop train` at its default validation fraction."""
+    from tests.trained_versions import train_with_cli
+
+    return train_with_cli(tmp_path_factory.mktemp("minilm-amazon") / "registry", DEFAULT_VALIDATION_FRACTION)
+
+
+@pytest.fixture(scope="session")
+def minilm_amazon_demo(tmp_path_factory: pytest.TempPathFactory):
+    """The same at the demo's validation fraction."""
+    from tests.trained_versions import train_with_cli
+
+    return train_with_cli(tmp_path_factory.mktemp("minilm-amazon-demo") / "registry", DEMO_VALIDATION_FRACTION)

@@ -23,7 +23,7 @@ COLUMN = "confidence"
 
 class ConfidenceConfig(SignalConfig):
     method: str = "wasserstein"  # any Evidently numerical drift method: wasserstein (normed), ks, psi, ...
-    threshold: float = 0.3
+    threshold: float = 0.4  # as MonitorSettings.DEFAULT_SIGNALS, where the measured reason is
 
 
 class ConfidenceSignal(Signal):

@@ -5,12 +5,15 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def scenario():
-    """MiniLM embeddings of the shared sentence files (each embedded once) and the stand-in classifier."""
-    from tests.monitoring.corpus import build_scenario
+@pytest.fixture(scope="session", params=["default", "demo"])
+def scenario(request, kafka_broker, tmp_path_factory):
+    """The reference sample and the served traffic of a MiniLM version trained by `tuneloop train`, at the
+    default validation fraction and at the demo's."""
+    from tests.monitoring.corpus import served_scenario
 
-    return build_scenario()
+    trained = request.getfixturevalue({"default": "minilm_amazon", "demo": "minilm_amazon_demo"}[request.param])
+    return served_scenario(trained, tmp_path_factory.mktemp(f"served-{request.param}"),
+                           kafka_broker.bootstrap_servers)
 
 
 @pytest.fixture(scope="session")

