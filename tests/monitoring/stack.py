@@ -1,11 +1,13 @@
-"""Running pieces for the observability tests: a fed drift monitor, a service-metrics stand-in, Prometheus."""
+"""Running pieces for the observability tests: a fed drift monitor, traffic for a real service, and real
+Prometheus, Alertmanager and `tuneloop monitor` processes."""
 
 from __future__ import annotations
 
 import contextlib
-
+import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,14 +16,14 @@ import httpx
 import numpy as np
 import yaml
 
-
-from monitoring.monitor import DriftMonitor
 from monitoring.errors import ReferenceUnavailableError
+from monitoring.monitor import DriftMonitor
 from monitoring.reference import ReferenceSample, reference_from_arrays
 from monitoring.server import MonitorServer
 from monitoring.window import Observation
 from tuneloop.events.schemas import EventData, FeedbackEvent, PredictionEvent, encode_embedding
-from tuneloop.settings import MonitorSettings
+from tests.fixtures.broker import kafka_env
+from tuneloop.settings import KafkaSettings, MonitorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = (
@@ -128,54 +130,47 @@ def drive_service_traffic(server, interval_s: float = 0.1):
         thread.join(timeout=30)
 
 
-class PrometheusProcess:
-    """Debian's ``/usr/bin/prometheus`` on a free loopback port, temp storage, the project's rules loaded."""
+class LoopbackProcess:
+    """A real program on a free loopback port, its output in ``<workdir>/<name>.log``, ready when
+    ``ready_path`` answers 200; stopped with SIGTERM (SIGKILL if it lingers)."""
 
-    def __init__(self, workdir: Path, targets: dict[str, str], binary: str = "/usr/bin/prometheus") -> None:
+    name = "process"
+    ready_path = "/-/ready"
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         from tuneloop.events.broker import free_port
 
         self.port = free_port()
         self.workdir = workdir
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ROOT / "monitoring" / "prometheus" / "rules.yml")],
-            "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [target]}]}
-                for job, target in targets.items()
-            ],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log = workdir / "prometheus.log"
-        self.cmd = [
-            binary,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--storage.tsdb.retention.time=1h",
-        ]
+        self.log = workdir / f"{self.name}.log"
+        self.env = env
         self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> PrometheusProcess:
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def start(self, timeout: float = 60):
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env=None if self.env is None else {**os.environ, **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} exited: {self.tail()}")
             try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"prometheus not ready: {self.log.read_text()[-2000:]}")
-
-    def query(self, expr: str) -> dict:
-        return httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        raise TimeoutError(f"{self.name} not ready: {self.tail()}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -187,6 +182,72 @@ class PrometheusProcess:
                 self.proc.wait()
         if self.proc:
             self._log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PrometheusProcess(LoopbackProcess):
+    """Debian's ``/usr/bin/prometheus``, temp storage, evaluating ``rule_files`` (the project's rules by
+    default) every second and sending alerts to ``alertmanager`` (host:port) when given."""
+
+    name = "prometheus"
+
+    def __init__(self, workdir: Path, targets: dict[str, str], rule_files: list[Path] | None = None,
+                 alertmanager: str | None = None) -> None:
+        super().__init__(workdir)
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(f) for f in (rule_files or [ROOT / "monitoring" / "prometheus" / "rules.yml"])],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": [target]}]}
+                for job, target in targets.items()
+            ],
+        }
+        if alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    def command(self) -> list[str]:
+        return ["/usr/bin/prometheus", f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1h"]
+
+    def query(self, expr: str) -> dict:
+        return httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+
+
+class AlertmanagerProcess(LoopbackProcess):
+    """Debian's Alertmanager with ``config`` (a rendered alertmanager.yml), no cluster."""
+
+    name = "alertmanager"
+
+    def __init__(self, workdir: Path, config: str) -> None:
+        super().__init__(workdir)
+        (workdir / "alertmanager.yml").write_text(config)
+
+    def command(self) -> list[str]:
+        return ["/usr/bin/prometheus-alertmanager", f"--config.file={self.workdir / 'alertmanager.yml'}",
+                f"--storage.path={self.workdir / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="]
+
+
+class MonitorProcess(LoopbackProcess):
+    """``tuneloop monitor`` over ``registry``, consuming the topics of ``kafka``."""
+
+    name = "monitor"
+    ready_path = "/healthz"
+
+    def __init__(self, workdir: Path, registry: Path, kafka: KafkaSettings, env: dict[str, str] | None = None) -> None:
+        super().__init__(workdir, env={**kafka_env(kafka), **(env or {})})
+        self.registry = registry
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "monitoring.cli", "monitor", "--registry", str(self.registry),
+                "--host", "127.0.0.1", "--port", str(self.port)]
 
 
 def unusable_predictions(rows: dict, i: int) -> list[tuple[EventData, str]]:
