@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from adapter.training.search import SearchConfig
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per error, however narrow the terminal
 
 
 def metrics_table(card: ModelCard) -> Table:

@@ -31,7 +31,7 @@ models_app = typer.Typer(help="The model registry: versions, their cards and the
 app.add_typer(models_app, name="models")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one line per error, however narrow the terminal
 
 ConfigOption = Annotated[Optional[str], typer.Option("--config", help="YAML settings file (also TUNELOOP_CONFIG).")]
 RegistryOption = Annotated[

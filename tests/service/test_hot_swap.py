@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -235,3 +236,63 @@ def test_a_crashing_watcher_step_is_counted_and_turns_readiness_off(fresh_two_ve
         assert wait_for(lambda: manager.current.version == "v2")
     finally:
         manager.stop()
+
+
+def test_rollback_swaps_the_previous_version_back_in(fresh_two_versions: Path) -> None:
+    from service.swap import ModelManager
+    from tuneloop.settings import load_settings
+
+    serving = load_settings(registry=str(fresh_two_versions)).serving.model_copy(update={"poll_interval_s": 0.05})
+    manager = ModelManager(Registry(fresh_two_versions), serving)
+    manager.start()
+    try:
+        assert wait_for(lambda: manager.ready and manager.current.version == "v1")
+        Registry(fresh_two_versions).promote("v2", "test", "forward")
+        assert wait_for(lambda: manager.current.version == "v2")
+        assert Registry(fresh_two_versions).rollback("test", "live accuracy fell") == ("v2", "v1")
+        assert wait_for(lambda: manager.current.version == "v1")
+    finally:
+        manager.stop()
+
+
+def test_a_version_whose_file_fails_its_checksum_is_never_swapped_in(fresh_two_versions: Path) -> None:
+    from service.swap import ModelManager
+    from tuneloop.settings import load_settings
+
+    registry = Registry(fresh_two_versions)
+    graph = registry.open_version("v2").onnx_path()
+    before = metric("tuneloop_model_swap_failures_total", reason="verify")
+    serving = load_settings(registry=str(fresh_two_versions)).serving.model_copy(update={"poll_interval_s": 0.05})
+    manager = ModelManager(registry, serving)
+    manager.start()
+    try:
+        assert wait_for(lambda: manager.ready and manager.current.version == "v1")
+        registry.promote("v2", "test", "promoted, then its graph is damaged on disk")
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        graph.write_bytes(bytes(data))
+        assert wait_for(lambda: metric("tuneloop_model_swap_failures_total", reason="verify") > before)
+        assert manager.ready and manager.current.version == "v1"
+        assert "corrupt" in (manager.last_error or "")
+    finally:
+        manager.stop()
+
+
+def test_serve_pins_a_version_runs_its_workers_and_rejects_over_long_texts(registry_with_two_versions: Path,
+                                                                          tmp_path: Path) -> None:
+    """`tuneloop serve --version v2 --workers 2`, with serving.on_too_long=reject, as a user runs it."""
+    root = tmp_path / "registry"
+    shutil.copytree(registry_with_two_versions.parent / "pristine", root)  # v1 in production, v2 approved
+    env = {"TUNELOOP_SERVING__ON_TOO_LONG": "reject"}
+    with ServerProcess(root, tmp_path / "server.log", grpc=False, env=env,
+                       args=["--version", "v2", "--workers", "2"]) as server:
+        workers = [pid for pid in server.descendants()
+                   if "_bentoml_impl.worker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert len(workers) == 2
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            answers = [http.post("/classify", json={"texts": [TEXTS[i % len(TEXTS)]]}) for i in range(20)]
+            assert {a.status_code for a in answers} == {200}
+            assert {a.json()["model_version"] for a in answers} == {"v2"}  # not production's v1
+            long = http.post("/classify", json={"texts": ["fine", "word " * 100]})
+        assert long.status_code == 413
+        assert re.search(r"texts\[1\] has \d+ tokens; the model reads at most 32", long.json()["error"])
