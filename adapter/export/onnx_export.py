@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -19,6 +21,23 @@ from tuneloop.settings import ExportSettings
 
 ONNX_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model.int8.onnx", "fp16": "onnx/model.fp16.onnx"}
 
+@contextmanager
+def eager_attention(model: PreTrainedModel) -> Iterator[None]:
+    """Trace attention as plain matrix products. transformers' default (PyTorch's scaled-dot-product
+    attention) traces into a pattern onnxruntime's optimiser does not recognise, so the graph kept unfused
+    attention: with eager attention the Attention op is fused and a lone request ran 1.5× faster on MiniLM
+    (5.8 → 3.8 ms, two CPU threads; same logits within 3e-7). Training keeps its own attention."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if before in (None, "eager") or not getattr(model, "_can_set_attn_implementation", lambda: True)():
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
 def export_raw(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, opset: int) -> None:
     wrapper = ClassifierWithEmbedding(model.eval()).eval()
     sample = tokenizer(["a short sample", "a slightly longer sample sentence"], padding=True,
@@ -27,7 +46,7 @@ def export_raw(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic.update({"logits": {0: "batch"}, "embedding": {0: "batch"}})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.inference_mode():
+    with warnings.catch_warnings(), torch.inference_mode(), eager_attention(model):
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         torch.onnx.export(
             wrapper, tuple(sample[n] for n in names), str(path), input_names=names,
