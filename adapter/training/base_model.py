@@ -68,6 +68,8 @@ def resolve_base_model(name: str, registry: Registry | None = None) -> BaseModel
             raise TrainingError(f"base model folder {path} has no tokenizer ({', '.join(_TOKENIZER_FILES[:3])}, …): "
                                 f"training would read every word as unknown{hint}")
         return BaseModelSource(weights=str(path), tokenizer=str(path), pretrained=str(path))
+    if path.is_absolute() or name.startswith(("./", "../")):
+        raise TrainingError(f"base model folder {path} does not exist")
     if _VERSION_ID.match(name):
         where = registry.root_url if registry is not None else "no registry"
         raise TrainingError(f"base model {name!r} looks like a version id, but {where} has no version {name}")

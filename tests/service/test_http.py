@@ -12,10 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.dataplane import DataPlane
 from service.errors import TextTooLongError
 from service.swap import ModelManager
+from tests.conftest import ROOT
 from tests.server_process import ServerProcess
 from tests.service.conftest import classify_now
 from tuneloop.registry import Registry
@@ -71,6 +73,7 @@ def test_oip_health_and_metadata(server: ServerProcess) -> None:
     meta = httpx.get(f"{server.url}/v2/models/sentiment").json()
     assert meta["versions"] == ["v1"] and meta["inputs"][0]["datatype"] == "BYTES"
     assert meta["parameters"]["provider"] == "CPUExecutionProvider"
+    assert meta["parameters"]["precision"] == "fp32" and meta["parameters"]["labels"] == ["0", "1"]
     assert httpx.get(f"{server.url}/v2/models/sentiment/versions/v1/ready").json()["ready"] is True
     assert httpx.get(f"{server.url}/v2").json()["name"] == "tuneloop"
     named = post(server, "/v2/models/sentiment/versions/v1/infer",
@@ -210,6 +213,11 @@ def test_metrics_name_routes_versions_and_provider(server: ServerProcess) -> Non
                    "tuneloop_predictions_total", "tuneloop_request_duration_seconds_bucket",
                    "tuneloop_inflight_requests", "tuneloop_model_loaded_timestamp_seconds"):
         assert family in text, family
+    # Every tuneloop_* series the service exports is documented; BentoML's own are off unless asked for.
+    exported = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("tuneloop_")}
+    documented = set(re.findall(r"^\| `(tuneloop_[a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M))
+    assert exported - {d.removesuffix("_total") for d in documented} == set()
+    assert "bentoml_service_" not in text
 
 
 @pytest.mark.parametrize("spec", ["/docs.json", "/v2/openapi.json"])

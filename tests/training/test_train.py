@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
@@ -44,6 +45,9 @@ def test_train_registers_a_verified_candidate_with_card_and_reference(data, tiny
     version = reg.open_version("v1")
     card = version.card
     assert set(card.onnx_files) == {"fp32", "int8", "fp16"}
+    # The served graph is fused by onnxruntime's transformer optimiser: attention and layer norms as single ops.
+    ops = {node.op_type for node in onnx.load(str(version.onnx_path("fp32"))).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops, sorted(ops)
     assert card.parity["fp32"].passed and card.parity["fp32"].max_abs_logit_diff < 1e-3
     # Each reduced-precision graph passed its own, looser gate, measured on the test split.
     for precision in ("int8", "fp16"):
@@ -60,8 +64,8 @@ def test_train_registers_a_verified_candidate_with_card_and_reference(data, tiny
     assert ref["probabilities"].shape == (len(data.validation), 2)
     np.testing.assert_allclose(ref["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
     # The served graph reproduces the reference embeddings: the monitor compares like with like.
-    onnx = OnnxTextClassifier(version.onnx_path(), version.tokenizer_dir, max_length=card.max_length)
-    _, emb = onnx.predict(list(ref["texts"]))
+    served = OnnxTextClassifier(version.onnx_path(), version.tokenizer_dir, max_length=card.max_length)
+    _, emb = served.predict(list(ref["texts"]))
     np.testing.assert_allclose(emb, ref["embeddings"], atol=1e-4)
     assert [a.to_state for a in reg.audit_log("v1")] == ["candidate"]
 
@@ -181,11 +185,14 @@ def test_cli_train_then_list_show_promote(small_amazon: Path, tiny_bert: Path, t
     assert listed[0]["version"] == "v1" and listed[0]["state"] == "awaiting_approval"
     shown = json.loads(run_cli("models", "show", "v1", "--json", "--registry", reg).stdout)
     assert shown["card"]["search"]["trials"] == 2
+    assert shown["card"]["parity"]["fp32"]["passed"] and shown["card"]["timings"]["train_seconds"] > 0
+    assert "ONNX parity" in done.stdout or "parity fp32" in run_cli("models", "show", "v1", "--registry", reg).stdout
     assert (tmp_path / "reg" / "versions" / "v1" / "search" / "trials.csv").is_file()
     assert run_cli("models", "promote", "v1", "--registry", reg).returncode == 2  # not approved yet
     assert run_cli("models", "approve", "v1", "--registry", reg, "--actor", "alice").returncode == 0
     assert run_cli("models", "promote", "v1", "--registry", reg).returncode == 0
     assert json.loads(run_cli("models", "list", "--json", "--registry", reg).stdout)[0]["state"] == "production"
+    assert "v1 ★" in run_cli("models", "list", "--registry", reg).stdout  # the table marks production
 
 
 @pytest.mark.parametrize(
@@ -198,15 +205,38 @@ def test_cli_train_then_list_show_promote(small_amazon: Path, tiny_bert: Path, t
         (["--data", "{small}", "--extra-test", "yelp"], "NAME=PATH"),
         (["--data", "{small}", "--lora-r", "4"], "--lora-r is not an option of --strategy full"),
         (["--data", "{small}", "--trials", "4"], "--trials and --search-space need --search"),
+        (["--data", "{small}", "--format", "parquet"], "unknown data format 'parquet'"),
+        (["--data", "{small}", "--format", "csv"], "cannot be parsed as CSV"),
+        (["--data", "{one_class}"], "has a single class"),
+        (["--data", "{empty_text}"], "1 empty text(s)"),
+        (["--data", "{small}", "--test-file", "{odd_label}"], "unknown label(s) ['2']"),
+        (["--data", "{small}", "--base-model", "{tiny}/no-such-folder"], "no-such-folder does not exist"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(small_amazon: Path, tiny_bert: Path, tmp_path: Path,
                                          args: list[str], message: str) -> None:
-    args = [a.replace("{small}", str(small_amazon)) for a in args]
-    done = run_cli("train", *args, "--base-model", str(tiny_bert), "--registry", str(tmp_path / "r"),
-                   "--epochs", "1", "--no-progress")
-    assert done.returncode == 2
+    """Each ends with one red line and exit code 2, never a traceback (in process: the CLI's own handling)."""
+    from typer.testing import CliRunner
+
+    from tuneloop.cli import _mount_deployable_commands, app
+
+    rows = (tmp_path / "rows.txt")
+    rows.write_text(small_amazon.read_text())
+    files = {"small": small_amazon, "tiny": tiny_bert, "one_class": tmp_path / "one.txt",
+             "empty_text": tmp_path / "empty.txt", "odd_label": tmp_path / "odd.txt"}
+    lines = small_amazon.read_text().splitlines()
+    files["one_class"].write_text("".join(line.rsplit("\t", 1)[0] + "\t1\n" for line in lines[:40]))
+    files["empty_text"].write_text("\n".join(lines[:40]) + "\n   \t1\n")
+    files["odd_label"].write_text("\n".join(lines[:10]) + "\nodd one\t2\n")
+    args = [a.format(**files) for a in args]
+    _mount_deployable_commands()
+    base = [] if "--base-model" in args else ["--base-model", str(tiny_bert)]
+    done = CliRunner().invoke(app, ["train", *args, *base, "--registry", str(tmp_path / "r"), "--epochs", "1",
+                                    "--no-progress"])
+    assert done.exit_code == 2, done.output
     assert message in done.stderr and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        next(line for line in done.stderr.splitlines() if message in line)], done.stderr
 
 
 def test_cli_options_left_out_keep_the_strategy_defaults(small_amazon: Path, tiny_bert: Path, tmp_path: Path) -> None:
@@ -266,3 +296,17 @@ def test_cli_search_space_file_and_training_knobs_reach_the_card(small_amazon: P
     assert card.hyperparameters["strategy"]["r"] == best["strategy.r"]
     assert card.hyperparameters["weight_decay"] == best["weight_decay"]
     assert card.hyperparameters["patience"] == 1 and card.hyperparameters["class_weights"] == "balanced"
+
+
+def test_search_methods_and_the_default_space() -> None:
+    import optuna
+
+    from adapter.training.search import SearchMethod, _sampler
+
+    lora, full = Hyperparameters(strategy="lora"), Hyperparameters()
+    for base in (lora, full):  # the learning rate is searched around the strategy's own default
+        space = SearchSpace.default(base).params["learning_rate"]
+        assert space.low < base.learning_rate < space.high and space.log
+    assert isinstance(_sampler(SearchMethod.BAYES, SearchSpace.default(full), 0, 4), optuna.samplers.TPESampler)
+    assert isinstance(_sampler(SearchMethod.RANDOM, SearchSpace.default(full), 0, 4), optuna.samplers.RandomSampler)
+    assert isinstance(_sampler(SearchMethod.GRID, SearchSpace.default(full), 0, 4), optuna.samplers.GridSampler)
