@@ -107,9 +107,35 @@ def export_with_parity(tuned: FineTuned, staging: Path, settings: ExportSettings
     return Exported(onnx_files, parity, time.perf_counter() - started)
 
 
+def save_datasets(staging: Path, data: LabelledData, test_sets: dict[str, Split], kept_train_rows: int,
+                  seed: int) -> dict[str, str]:
+    """What a version was trained and tested on, kept in it as JSONL (text, label name): its training rows (a
+    seeded sample of ``kept_train_rows`` at most) are what its successors replay so as not to forget them, its
+    test sets are the golden sets their gates hold them to. Returns name → path in the version."""
+    folder = staging / "datasets"
+    folder.mkdir()
+    train = data.train
+    if len(train) > kept_train_rows:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:kept_train_rows])
+        train = Split([train.texts[i] for i in keep], [train.labels[i] for i in keep])
+    written = {}
+    for name, split in {"train": train, **test_sets}.items():
+        rel = f"datasets/{_file_name(name)}.jsonl"
+        with open(staging / rel, "w", encoding="utf-8") as handle:
+            for text, label in zip(split.texts, split.labels):
+                handle.write(json.dumps({"text": text, "label": data.label_names[label]}, ensure_ascii=False) + "\n")
+        written[name] = rel
+    return written
+
+
+def _file_name(name: str) -> str:
+    """A test set's name as a file name: golden sets carried over from a parent are named like v1/test."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def save_model_files(fitted: Fitted, label_names: list[str], staging: Path, reference: dict[str, np.ndarray]) -> None:
-    """What a version holds beside its graphs: weights and tokenizer (to continue training from it), labels,
-    the drift reference, and the search's trials."""
+    """What a version holds beside its graphs and datasets: weights and tokenizer (to continue training from
+    it), labels, the drift reference, and the search's trials."""
     fitted.tuned.model.save_pretrained(staging / "pytorch")
     fitted.tuned.tokenizer.save_pretrained(staging / "tokenizer")
     (staging / "labels.json").write_text(json.dumps({"labels": label_names}))
@@ -120,7 +146,7 @@ def save_model_files(fitted: Fitted, label_names: list[str], staging: Path, refe
 
 
 def model_card(fitted: Fitted, data: LabelledData, base: BaseModelSource, evaluation: Evaluation,
-               exported: Exported, model_name: str, embedding_dim: int) -> ModelCard:
+               exported: Exported, model_name: str, embedding_dim: int, datasets: dict[str, str]) -> ModelCard:
     tuned, hp = fitted.tuned, fitted.tuned.hyperparameters
     return ModelCard(
         model_name=model_name,
@@ -142,6 +168,7 @@ def model_card(fitted: Fitted, data: LabelledData, base: BaseModelSource, evalua
         parent_version=base.parent_version,
         embedding_dim=embedding_dim,
         max_length=hp.max_length,
+        datasets=datasets,
     )
 
 
@@ -162,7 +189,8 @@ def train_candidate(
     registry = Registry(settings.registry)
     base = resolve_base_model(base_model or settings.training.base_model, registry)
     fitted = fit(data, hp, base, search, show_progress)
-    evaluation = evaluate(fitted.tuned, {HOME_TEST_SET: data.test, **(extra_test_sets or {})}, data.label_names)
+    test_sets = {HOME_TEST_SET: data.test, **(extra_test_sets or {})}
+    evaluation = evaluate(fitted.tuned, test_sets, data.label_names)
     with tempfile.TemporaryDirectory(prefix="tuneloop-stage-") as tmp:
         staging = Path(tmp)
         exported = export_with_parity(fitted.tuned, staging, settings.export, data.test,
@@ -170,7 +198,8 @@ def train_candidate(
         require_parity(exported.parity)
         reference = reference_sample(fitted.tuned, data.validation, settings.training.reference_size, hp.seed)
         save_model_files(fitted, data.label_names, staging, reference)
+        datasets = save_datasets(staging, data, test_sets, settings.training.kept_train_rows, hp.seed)
         card = model_card(fitted, data, base, evaluation, exported, model_name or settings.training.model_name,
-                          embedding_dim=int(reference["embeddings"].shape[1]))
+                          embedding_dim=int(reference["embeddings"].shape[1]), datasets=datasets)
         version = registry.publish(staging, card, actor=actor, reason="trained and exported")
     return TrainOutcome(version=version, card=registry.card(version), state=registry.state(version))

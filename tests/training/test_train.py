@@ -68,6 +68,10 @@ def test_train_registers_a_verified_candidate_with_card_and_reference(data, tiny
     _, emb = served.predict(list(ref["texts"]))
     np.testing.assert_allclose(emb, ref["embeddings"], atol=1e-4)
     assert [a.to_state for a in reg.audit_log("v1")] == ["candidate"]
+    # It keeps what it was trained and tested on: its successors replay the one and are held to the other.
+    assert set(card.datasets) == {"train", "test"}
+    assert version.dataset("test") == [(t, data.label_names[y]) for t, y in zip(data.test.texts, data.test.labels)]
+    assert len(version.dataset("train")) == len(data.train)
 
 
 def test_parity_failure_refuses_the_export(data, tiny_bert: Path, settings) -> None:

@@ -1,6 +1,7 @@
 """The model registry: the contract between training (adapter), serving (service) and monitoring."""
 
-from tuneloop.registry.card import DataFile, EvalMetrics, ModelCard, ParityReport, Timings
+from tuneloop.registry.card import (DataFile, EvalMetrics, GateReport, GateResult, Lineage, ModelCard, ParityReport,
+                                    Timings)
 from tuneloop.registry.errors import (
     CorruptStateError,
     CorruptVersionError,
@@ -15,8 +16,8 @@ from tuneloop.registry.lifecycle import State
 from tuneloop.registry.store import ModelVersion, Registry, VersionSummary
 
 __all__ = [
-    "CorruptStateError", "CorruptVersionError", "DataFile", "EvalMetrics", "IllegalTransitionError",
-    "ModelCard", "ModelVersion", "NoProductionVersionError", "NothingToRollBackToError", "ParityReport",
-    "Registry", "RegistryBusyError", "RegistryError", "State", "Timings", "VersionNotFoundError",
-    "VersionSummary",
+    "CorruptStateError", "CorruptVersionError", "DataFile", "EvalMetrics", "GateReport", "GateResult",
+    "IllegalTransitionError", "Lineage", "ModelCard", "ModelVersion", "NoProductionVersionError",
+    "NothingToRollBackToError", "ParityReport", "Registry", "RegistryBusyError", "RegistryError", "State",
+    "Timings", "VersionNotFoundError", "VersionSummary",
 ]

@@ -60,6 +60,38 @@ class Timings(BaseModel):
     search_seconds: float = 0.0
 
 
+class Lineage(BaseModel):
+    """Where a version retrained by the adapter came from: what asked for it, and on what data."""
+
+    run_id: int
+    triggers: list[dict[str, Any]] = Field(description="the triggers the retraining answered (kind, detail)")
+    parent_version: str | None
+    start_from: str = Field(description="production (continual fine-tuning) or base")
+    fresh: dict[str, Any] = Field(description="the fresh examples: count, example ids, feedback times, sha256 "
+                                              "of each split (train, validation, test)")
+    replay: dict[str, Any] = Field(description="the replayed rows of the parent's training data: ratio, count")
+    examples_through: int = Field(description="the newest example id this version's lineage trained or "
+                                              "tested on: the next retraining's fresh examples come after it")
+
+
+class GateResult(BaseModel):
+    name: str
+    passed: bool
+    figures: dict[str, Any]
+    reasons: list[str] = Field(default_factory=list, description="why it failed, one line each")
+
+
+class GateReport(BaseModel):
+    """Every gate's figures and verdict, the candidate against the version in production."""
+
+    against: str = Field(description="the production version it was compared with")
+    passed: bool
+    results: list[GateResult]
+
+    def reasons(self) -> list[str]:
+        return [f"{r.name}: {why}" for r in self.results if not r.passed for why in r.reasons]
+
+
 class ModelCard(BaseModel):
     model_name: str
     version: str = ""  # filled in by the registry when it publishes the version
@@ -80,3 +112,7 @@ class ModelCard(BaseModel):
     embedding_dim: int | None = None
     max_length: int = 128
     notes: list[str] = Field(default_factory=list)
+    datasets: dict[str, str] = Field(default_factory=dict, description="split or test set name → JSONL file "
+                                     "of (text, label) rows in the version: its training data, its test sets")
+    lineage: Lineage | None = None
+    gates: GateReport | None = None

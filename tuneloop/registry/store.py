@@ -123,6 +123,15 @@ class ModelVersion:
         with np.load(self.path / REFERENCE, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
 
+    def dataset(self, name: str) -> list[tuple[str, str]]:
+        """(text, label name) rows of a split or test set the version kept (``card.datasets``): its training
+        data for replay, its test sets for the gates of its successors."""
+        if name not in self.card.datasets:
+            have = ", ".join(sorted(self.card.datasets)) or "none"
+            raise RegistryError(f"version {self.version} kept no dataset {name!r} (it kept: {have})")
+        with open(self.path / self.card.datasets[name], encoding="utf-8") as handle:
+            return [(row["text"], row["label"]) for row in map(json.loads, handle)]
+
 
 # Given the newest state and the commit time, the next state (revision and time are filled in), or None
 # when there is nothing to change.
@@ -162,6 +171,9 @@ class Registry:
             else ObjectStoreCoordinator(self.fs, self.root, coordination)
         )
         self._journal = Journal(self.fs, self.root, self._coordinator, self.is_local)
+        # Told the audit entries of every change this process commits (the CLI and the adapter publish them on
+        # tuneloop.model-events); must not raise, and a slow one slows every change.
+        self.listeners: list[Callable[[list[AuditEntry]], None]] = []
 
     # ---------------------------------------------------------------- paths and listing
     def _p(self, *parts: str) -> str:
@@ -273,6 +285,8 @@ class Registry:
                     continue
                 self._journal.materialize(following)
                 self._journal.prune(following)
+                for listener in self.listeners:
+                    listener(list(following.audit))
                 return following
         raise RegistryBusyError(
             f"gave up after {MAX_COMMIT_ATTEMPTS} attempts: other writers kept changing {self.root_url} first"
