@@ -19,3 +19,15 @@ class ExportError(AdapterError):
 
 class ParityError(ExportError):
     """An exported graph disagrees with the PyTorch model beyond the thresholds in settings."""
+
+
+class StoreError(AdapterError):
+    """The labelled-example store cannot be reached or used."""
+
+
+class PolicyError(AdapterError):
+    """The adaptation policy file is missing or invalid."""
+
+
+class WebhookError(AdapterError):
+    """An alert notification that cannot be accepted (bad token, bad payload)."""

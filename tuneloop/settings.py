@@ -238,6 +238,23 @@ class ShortEnvSettingsSource(PydanticBaseSettingsSource):
 _config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)
 
 
+class AdapterSettings(BaseModel):
+    """The adapter (``tuneloop adapt``): its store, its policy file, its HTTP port (the alert webhook, /metrics)."""
+
+    # SQLite file by default; postgresql+psycopg://user@host/db where several replicas must retrain once.
+    store_url: str = "sqlite:///adapter-data/labels.db"
+    policy_file: Path | None = Field(None, description="YAML adaptation policy; None: the defaults")
+    host: str = "0.0.0.0"
+    port: int = Field(8800, ge=0, le=65535, description="the alert webhook, /status, /metrics; 0 picks a free port")
+    # The bearer token Alertmanager must send (its http_config.authorization.credentials_file holds the same).
+    webhook_token_file: Path | None = None
+    consumer_group: str = "tuneloop-adapter"
+    feedback_horizon_s: float = Field(7 * 86400, gt=0, description="how long a prediction waits for its "
+                                      "feedback, and feedback for its prediction")
+    workdir: Path = Field(Path("adapter-data"), description="staging folders of retrainings")
+    tick_s: float = Field(5.0, gt=0, description="how often triggers, schedules and promotions are checked")
+
+
 class Settings(BaseSettings):
     """The root settings object; build it with :func:`load_settings`."""
 
@@ -252,6 +269,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     kafka: KafkaSettings = KafkaSettings()
     monitor: MonitorSettings = MonitorSettings()
+    adapter: AdapterSettings = AdapterSettings()
 
     @classmethod
     def settings_customise_sources(
