@@ -6,10 +6,12 @@ commands through the ``tuneloop.commands`` entry-point group, so this package im
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import sys
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Annotated, Optional
 
@@ -63,6 +65,31 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def open_registry(config: str | None, registry: str | None) -> Registry:
     return Registry(settings_from_options(config, registry).registry)
+
+
+@contextlib.contextmanager
+def changing_registry(config: str | None, registry: str | None) -> Iterator[Registry]:
+    """The registry for a command that changes it: each transition is published on tuneloop.model-events (the
+    event log delivers it, or spools it for a live tuneloop process to replay, before the command exits)."""
+    settings = settings_from_options(config, registry)
+    reg = Registry(settings.registry)
+    if not settings.kafka.enabled:
+        yield reg
+        return
+    from tuneloop.events.producer import EventLog
+    from tuneloop.events.transitions import TransitionPublisher
+
+    events = EventLog(settings.kafka, source=f"tuneloop-cli/{current_actor(None)}")
+    events.start()
+    if not events.wait_connected(timeout=2 * settings.kafka.connect_timeout_ms / 1000):
+        err_console.print(f"[yellow]warning:[/] the event broker ({settings.kafka.bootstrap_servers}) is not "
+                          "reachable: the transition is spooled for a running tuneloop process to publish")
+    reg.listeners.append(TransitionPublisher(events))
+    try:
+        yield reg
+    finally:
+        events.flush(timeout=10)
+        events.close(timeout=10)
 
 
 @models_app.command("list")
@@ -140,8 +167,8 @@ def _transition_command(target: State, help_text: str):
         registry: RegistryOption = None,
         config: ConfigOption = None,
     ) -> None:
-        reg = open_registry(config, registry)
-        reg.transition(version, target, current_actor(actor), reason or f"{target.value} from the CLI")
+        with changing_registry(config, registry) as reg:
+            reg.transition(version, target, current_actor(actor), reason or f"{target.value} from the CLI")
         console.print(f"{version} → [cyan]{target.value}[/]")
 
     command.__doc__ = help_text
@@ -161,21 +188,24 @@ def models_promote(
     config: ConfigOption = None,
 ) -> None:
     """Make an approved version the production one (the previous one is retired)."""
-    reg = open_registry(config, registry)
-    previous = reg.promote(version, current_actor(actor), reason)
+    with changing_registry(config, registry) as reg:
+        previous = reg.promote(version, current_actor(actor), reason)
     console.print(f"{version} is in production" + (f" (replacing {previous}, now retired)" if previous else ""))
 
 
 @models_app.command("rollback")
 def models_rollback(
     reason: ReasonOption = "rolled back from the CLI",
+    expect: Annotated[Optional[str], typer.Option(
+        "--expect", help="The version to pull: refuse if another is in production; a rollback retried after a "
+                         "crash is then not done twice.")] = None,
     actor: ActorOption = None,
     registry: RegistryOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Pull the production version and reinstate the one it replaced."""
-    reg = open_registry(config, registry)
-    pulled, restored = reg.rollback(current_actor(actor), reason)
+    with changing_registry(config, registry) as reg:
+        pulled, restored = reg.rollback(current_actor(actor), reason, expect=expect)
     console.print(f"{pulled} rolled back; {restored} is in production again")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,24 @@ def test_verify_names_a_damaged_file_and_a_second_rollback_has_nothing_to_return
     assert "Traceback" not in damaged.stderr
     nothing = models(root, "rollback", "--reason", "try")
     assert nothing.returncode == 2 and "nothing to roll back to" in nothing.stderr
+
+
+def test_each_cli_transition_is_published_on_the_model_events_topic(tmp_path: Path, kafka_broker) -> None:
+    from tests.fixtures.broker import consume_until, isolated_settings, kafka_env
+
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    version = publish(registry, tmp_path)
+    registry.transition(version, State.AWAITING_APPROVAL, "adapter", "gates passed")
+    kafka = isolated_settings(kafka_broker.bootstrap_servers, tmp_path / "spool")
+    env = {**os.environ, **kafka_env(kafka)}
+    for args in (["approve", version, "--reason", "looks good"], ["promote", version]):
+        done = subprocess.run([sys.executable, "-m", "tuneloop.cli", "models", *args, "--registry", str(root),
+                               "--actor", "alice"], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+    events = sorted((e.data for e in consume_until(kafka, ["model-events"], 2)), key=lambda e: e.timestamp)
+    assert [(e.kind, e.version, e.transition, e.actor) for e in events] == [
+        ("transition", version, "awaiting_approval->approved", "alice"),
+        ("transition", version, "approved->production", "alice")]
+    assert events[0].reason == "looks good"
+    assert not list((tmp_path / "spool").glob("p-*"))  # delivered: the CLI leaves no spool folder behind

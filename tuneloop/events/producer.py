@@ -63,6 +63,7 @@ class EventLog:
         self._producer = None
         self._route_lock = threading.Lock()  # "spool or send" and "spool drained" decide under it
         self._stop = threading.Event()
+        self._tried_once = threading.Event()  # the first attempt to reach the broker is over, either way
         self._closed = False
         try:
             self._adopt_orphans()
@@ -109,6 +110,14 @@ class EventLog:
         self._started = True
         self._sender.start()
         self._replayer.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait for the first attempt to reach the broker (at most ``timeout``); whether it succeeded. A
+        short-lived process (the CLI publishing a transition) waits here, so that its events go to the broker
+        rather than to a spool that only a later process would replay; a broker that refuses the connection
+        answers at once, so nobody waits long for a broker that is not there."""
+        self._tried_once.wait(timeout)
+        return self._producer is not None
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every published event is acknowledged or spooled; True if that happened in time."""
@@ -163,10 +172,14 @@ class EventLog:
         self.spool.close()
         SPOOL_BYTES.set(self._spool_bytes())
         # Let go of every folder, ours too: what is left in them is another process's to replay (a later
-        # EventLog in this process included). An empty one is swept by the next process that looks.
+        # EventLog in this process included). Ours, left empty, goes: a short-lived process (the CLI publishing
+        # a transition) must not leave a folder behind each time it runs.
         for lock, _ in self._adopted:
             lock.release()
-        self._own_folder.release()
+        if self.spool.is_empty():
+            self._own_folder.remove_folder()
+        else:
+            self._own_folder.release()
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, spool size and this instance's counters (the Prometheus series add up all instances)."""
@@ -294,11 +307,13 @@ class EventLog:
                 raise
         except Exception as exc:  # NoBrokersAvailable, timeouts: try again later
             log.debug("event broker not reachable yet: %s", exc)
+            self._tried_once.set()
             return False
         if self._stop.is_set():  # close() went on without us while we connected
             producer.close(timeout=1)
             return False
         self._producer = producer
+        self._tried_once.set()
         log.info("event log connected to %s", self.settings.bootstrap_servers)
         return True
 

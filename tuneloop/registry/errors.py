@@ -18,6 +18,7 @@ class CorruptVersionError(RegistryError):
 class IllegalTransitionError(RegistryError):
     def __init__(self, version: str, current: str, target: str, allowed: list[str]) -> None:
         allowed_text = ", ".join(allowed) if allowed else "none (final state)"
+        current, target = str(current), str(target)  # a State's own repr names its class
         super().__init__(
             f"cannot move {version} from {current!r} to {target!r}; from {current!r} it may go to: {allowed_text}"
         )
