@@ -192,4 +192,7 @@ def train(
 
 
 def register(app: typer.Typer) -> None:
+    from adapter.loop.cli import register as register_loop
+
     app.command("train")(train)
+    register_loop(app)
