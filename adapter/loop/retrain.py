@@ -116,15 +116,17 @@ class Retrainer:
         return Split([rows[i][0] for i in picked], [known[rows[i][1]] for i in picked])
 
     @staticmethod
-    def golden_sets(production: ModelVersion) -> dict[str, Split]:
+    def golden_sets(production: ModelVersion, learnt_from: set[str]) -> dict[str, Split]:
         """Production's own test sets; its home test set is named after it (v3/test), the sets it carried
-        over keep their names, so a lineage accumulates what it must not forget."""
+        over keep their names, so a lineage accumulates what it must not forget. A row whose text the
+        candidate learns from (``learnt_from``: the fresh training and validation texts) is left out: a
+        golden set that holds training data flatters the candidate."""
         known = {name: i for i, name in enumerate(production.labels)}
         sets = {}
         for name in production.card.datasets:
             if name == "train":
                 continue
-            rows = production.dataset(name)
+            rows = [(t, label) for t, label in production.dataset(name) if t not in learnt_from]
             key = f"{production.version}/{name}" if name == HOME_TEST_SET else name
             sets[key] = Split([t for t, _ in rows], [known[label] for _, label in rows])
         return sets
@@ -203,11 +205,11 @@ class Retrainer:
                    for (name, digest), n in zip(hashes.items(), (len(fresh.train), len(fresh.validation),
                                                                   len(fresh.test)))],
         )
-        golden = self.golden_sets(production)
+        golden = self.golden_sets(production, set(fresh.train.texts) | set(fresh.validation.texts))
         base_ref = (production.version if policy.start_from == "production"
                     else policy.base_model or production.card.base_model)
         base = resolve_base_model(base_ref, self.registry)
-        hp = policy.hyperparameters_model()
+        hp = policy.hyperparameters_model(production.card.hyperparameters)
         log.info("run %d: %d fresh examples (train %d, validation %d, test %d) + %d replayed from %s; from %s",
                  run_id, len(fresh.examples), len(fresh.train), len(fresh.validation), len(fresh.test),
                  len(replay), production.version, base_ref)

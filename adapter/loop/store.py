@@ -281,6 +281,12 @@ class LabelStore:
             return conn.execute(triggers.insert().values(kind=kind, detail=_jsonable(detail),
                                                          at=datetime.now(timezone.utc))).inserted_primary_key[0]
 
+    def triggers(self) -> list[Trigger]:
+        """Every trigger recorded, waiting or taken."""
+        with self._transaction() as conn:
+            rows = conn.execute(select(triggers).order_by(triggers.c.id)).mappings()
+            return [Trigger(r["id"], r["kind"], r["detail"], utc(r["at"])) for r in rows]
+
     def waiting_triggers(self) -> list[Trigger]:
         with self._transaction() as conn:
             rows = conn.execute(select(triggers).where(triggers.c.run_id.is_(None)).order_by(triggers.c.id)).mappings()

@@ -104,7 +104,7 @@ def test_a_candidate_too_slow_is_rejected_by_the_latency_gate(world, tmp_path: P
                          intermediate_size=1024, max_position_embeddings=256)).save_pretrained(big)
     feed(store, YELP_ROWS[:120])
     store.add_trigger("manual", {"actor": "test"})
-    only_latency = {name: None for name in AdapterPolicy.DEFAULT_GATES} | {"latency": {"max_ratio": 1.5, "runs": 15}}
+    only_latency = {name: None for name in AdapterPolicy.DEFAULT_GATES} | {"latency": {"max_ratio": 1.5, "runs": 40}}
     slow = policy(retraining={"start_from": "base", "base_model": str(big),
                               "hyperparameters": {**TINY, "epochs": 1}}, gates=only_latency)
     outcome = Retrainer(settings, slow, store, registry).run_if_due()

@@ -23,7 +23,7 @@ class GoldenGate(Gate):
             before, after = sets.accuracy("production"), sets.accuracy("candidate")
             figures[name] = {"n": len(sets), "production": round(before, 4), "candidate": round(after, 4),
                              "change": round(after - before, 4)}
-            if after < before - self.config.max_drop:
+            if after < before - self.config.max_drop - 1e-9:
                 reasons.append(f"{name}: accuracy {after:.3f} against production's {before:.3f} "
                                f"(may drop {self.config.max_drop:g} at most)")
         figures["max_drop"] = self.config.max_drop
