@@ -21,8 +21,8 @@ from monitoring.monitor import DriftMonitor
 from monitoring.reference import ReferenceSample, reference_from_arrays
 from monitoring.server import MonitorServer
 from monitoring.window import Observation
-from tuneloop.events.schemas import EventData, FeedbackEvent, PredictionEvent, encode_embedding
 from tests.fixtures.broker import kafka_env
+from tuneloop.events.schemas import EventData, FeedbackEvent, PredictionEvent, encode_embedding
 from tuneloop.settings import KafkaSettings, MonitorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +157,7 @@ class LoopbackProcess:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
     def start(self, timeout: float = 60):
-        self._log = open(self.log, "wb")
+        self._log = open(self.log, "ab")  # a restarted process adds to its log
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env=None if self.env is None else {**os.environ, **self.env})
         deadline = time.monotonic() + timeout
@@ -248,6 +248,60 @@ class MonitorProcess(LoopbackProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "monitoring.cli", "monitor", "--registry", str(self.registry),
                 "--host", "127.0.0.1", "--port", str(self.port)]
+
+
+class AdapterProcess(LoopbackProcess):
+    """``tuneloop adapt`` over ``registry`` with its store, policy and webhook token, consuming ``kafka``'s topics."""
+
+    name = "adapter"
+    ready_path = "/healthz"
+
+    def __init__(self, workdir: Path, registry: Path, kafka: KafkaSettings, store_url: str, policy: Path,
+                 token_file: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(workdir, env={**kafka_env(kafka), "TUNELOOP_ADAPTER__WEBHOOK_TOKEN_FILE": str(token_file),
+                                       "TUNELOOP_ADAPTER__WORKDIR": str(workdir / "staging"),
+                                       "TUNELOOP_ADAPTER__TICK_S": "1", **(env or {})})
+        self.registry, self.store_url, self.policy = registry, store_url, policy
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tuneloop.cli", "adapt", "--registry", str(self.registry), "--store",
+                self.store_url, "--policy", str(self.policy), "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.url}/status", timeout=10).json()
+
+    def kill(self) -> None:
+        """SIGKILL, as when its container dies mid-way."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def shortened_rules(folder: Path) -> Path:
+    """rules.yml with every `for:` cut to 2 s: the same expressions, labels and annotations."""
+    rules = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = "2s"
+    path = folder / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    return path
+
+
+def shortened_routing(config: str) -> str:
+    """The rendered Alertmanager configuration with its group timers cut to seconds."""
+    document = yaml.safe_load(config)
+    routes = [document["route"]]
+    while routes:
+        route = routes.pop()
+        for timer in ("group_wait", "group_interval"):
+            if timer in route:
+                route[timer] = "1s"
+        routes.extend(route.get("routes", []))
+    document["route"].update(group_wait="1s", group_interval="1s")
+    return yaml.safe_dump(document)
 
 
 def unusable_predictions(rows: dict, i: int) -> list[tuple[EventData, str]]:
