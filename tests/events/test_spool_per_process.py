@@ -133,9 +133,15 @@ def test_a_live_process_adopts_the_spool_of_one_killed_beside_it(event_settings:
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert wait_for(lambda: survivor.stats()["replayed"] == 120)
     got = every_message(event_settings, "feedback")
+
+    def folders() -> list[str]:
+        return [p.name for p in event_settings.spool_dir.iterdir() if p.is_dir()]
+
+    # The dead one's folder goes once replayed (just after the count is reached); the survivor's stays while
+    # it runs and goes, empty, when it closes.
+    assert wait_for(lambda: folders() == [survivor.spool.directory.name]), folders()
     survivor.close()
     assert len(got) == len({e.event_id for e in got}) == 120
     assert sorted(e.data.request_id for e in got) == sorted(request_id(i) for i in range(120))
     assert spool_segments(event_settings.spool_dir) == []
-    folders = [p.name for p in event_settings.spool_dir.iterdir() if p.is_dir()]
-    assert folders == [survivor.spool.directory.name]  # the dead one's was removed once replayed
+    assert folders() == []
