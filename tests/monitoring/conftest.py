@@ -44,7 +44,27 @@ def service_metrics_endpoint(served_registry, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prometheus(tmp_path_factory, running_monitor, service_metrics_endpoint):
+def adapter_metrics_endpoint(served_registry, kafka_broker, tmp_path_factory):
+    """host:port of a real ``tuneloop adapt`` (default policy, SQLite store) over a copy of the served registry:
+    the series its alerts watch exist from the start, at 0."""
+    import shutil
+
+    from tests.fixtures.broker import isolated_settings
+    from tests.monitoring.stack import AdapterProcess
+
+    folder = tmp_path_factory.mktemp("observed-adapter")
+    registry = folder / "registry"
+    shutil.copytree(served_registry, registry)
+    (folder / "policy.yaml").write_text("{}\n")
+    (folder / "token").write_text("observed-adapter-token")
+    kafka = isolated_settings(kafka_broker.bootstrap_servers, folder / "spool")
+    with AdapterProcess(folder, registry, kafka, f"sqlite:///{folder / 'labels.db'}", folder / "policy.yaml",
+                        folder / "token") as adapter:
+        yield f"127.0.0.1:{adapter.port}"
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory, running_monitor, service_metrics_endpoint, adapter_metrics_endpoint):
     from tests.monitoring.stack import PrometheusProcess
 
     if not Path("/usr/bin/prometheus").is_file():
@@ -52,7 +72,8 @@ def prometheus(tmp_path_factory, running_monitor, service_metrics_endpoint):
     _, server = running_monitor
     prom = PrometheusProcess(
         tmp_path_factory.mktemp("prometheus"),
-        {"tuneloop-monitor": f"127.0.0.1:{server.port}", "tuneloop-service": service_metrics_endpoint},
+        {"tuneloop-monitor": f"127.0.0.1:{server.port}", "tuneloop-service": service_metrics_endpoint,
+         "tuneloop-adapter": adapter_metrics_endpoint},
     ).start()
     yield prom
     prom.stop()

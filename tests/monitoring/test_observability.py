@@ -96,7 +96,7 @@ def scraped(prometheus):
         have = prometheus.query(
             "count(tuneloop_drift_score) and count(rate(tuneloop_requests_total[15s]) > 0)"
         )
-        if len(up) == 2 and all(s["value"][1] == "1" for s in up) and have["data"]["result"]:
+        if len(up) == 3 and all(s["value"][1] == "1" for s in up) and have["data"]["result"]:
             time.sleep(3)  # a few more scrapes so every rate window holds two samples
             return prometheus
         time.sleep(0.5)
