@@ -239,7 +239,8 @@ _config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", defau
 
 
 class AdapterSettings(BaseModel):
-    """The adapter (``tuneloop adapt``): its store, its policy file, its HTTP port (the alert webhook, /metrics)."""
+    """The adapter (``tuneloop adapt``): its store, its policy file, its HTTP ports (the alert webhook and
+    /metrics; the operators' admin API and console)."""
 
     # SQLite file by default; postgresql+psycopg://user@host/db where several replicas must retrain once.
     store_url: str = "sqlite:///adapter-data/labels.db"
@@ -248,6 +249,12 @@ class AdapterSettings(BaseModel):
     port: int = Field(8800, ge=0, le=65535, description="the alert webhook, /status, /metrics; 0 picks a free port")
     # The bearer token Alertmanager must send (its http_config.authorization.credentials_file holds the same).
     webhook_token_file: Path | None = None
+    # The operators' admin API and web console listen on a port of their own, so that a network policy can
+    # let only the ingress reach them while Prometheus and Alertmanager reach ``port``.
+    admin_port: int | None = Field(8810, ge=0, le=65535, description="the admin API (/admin/api) and console "
+                                   "(/console); 0 picks a free port; None: no admin surface")
+    # name, role and sha256 of each token (docs: README "Operators"); never the tokens themselves.
+    admin_tokens_file: Path | None = None
     consumer_group: str = "tuneloop-adapter"
     feedback_horizon_s: float = Field(7 * 86400, gt=0, description="how long a prediction waits for its "
                                       "feedback, and feedback for its prediction")
