@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 KSERVE := $(VENV)/kserve-client
+CHECKOV := $(VENV)/checkov
 DATA   ?= ../shared/data/sentiment-labelled-sentences/amazon_cells_labelled.txt
 DEMO   ?= .demo
 
@@ -16,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: test demo bench setup system-packages lock clean
 
-setup: $(STAMP) $(KSERVE)/.installed system-packages
+setup: $(STAMP) $(KSERVE)/.installed $(CHECKOV)/.installed system-packages
 
 # torch first, pinned to the CPU build on local disk: any looser request pulls a multi-GB CUDA build.
 # constraints.txt pins what was resolved and tested here, so installs skip pip's long backtracking.
@@ -35,6 +36,14 @@ $(STAMP): pyproject.toml constraints.txt
 $(KSERVE)/.installed: $(STAMP) Makefile
 	rm -rf $(KSERVE)
 	$(PIP) install --quiet --no-deps --target $(KSERVE) kserve==0.21.0 cloudevents==1.13.0 orjson==3.13.0
+	touch $@
+
+# checkov, for tests/deploy: its pins clash with the project's (and with each other's majors), so it gets a
+# virtualenv of its own, rebuilt only when its pin in tests/deploy/checkov-requirements.txt changes.
+$(CHECKOV)/.installed: tests/deploy/checkov-requirements.txt
+	rm -rf $(CHECKOV)
+	$(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install --quiet -r tests/deploy/checkov-requirements.txt
 	touch $@
 
 system-packages:
