@@ -31,7 +31,8 @@ from adapter.pipeline import (HOME_TEST_SET, evaluate, export_with_parity, fit, 
                               save_datasets, save_model_files)
 from adapter.training.base_model import resolve_base_model
 from adapter.training.data import LabelledData, Split
-from tuneloop.registry import DataFile, GateReport, Lineage, ModelVersion, Registry, State
+from adapter.training.metrics import evaluate_logits
+from tuneloop.registry import DataFile, GateReport, Lineage, ModelVersion, Registry, SetComparison, State
 from tuneloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -256,9 +257,14 @@ class Retrainer:
         sessions = {which: open_as_served(graph, self.settings.serving) for which, graph in graphs.items()}
 
         def predictions(split: Split) -> Predictions:
-            answers = {which: session.predict(split.texts)[0].argmax(axis=1) if len(split) else np.array([], int)
-                       for which, session in sessions.items()}
-            return Predictions(np.asarray(split.labels, dtype=np.int64), answers["production"], answers["candidate"])
+            labels = np.asarray(split.labels, dtype=np.int64)
+            if not len(split):
+                return Predictions(labels, np.array([], int), np.array([], int))
+            logits = {which: session.predict(split.texts)[0] for which, session in sessions.items()}
+            metrics = SetComparison(**{which: evaluate_logits(values, labels, production.labels)
+                                       for which, values in logits.items()})
+            return Predictions(labels, logits["production"].argmax(axis=1), logits["candidate"].argmax(axis=1),
+                               metrics)
 
         return Evidence(production_version=production.version, label_names=production.labels,
                         fresh=predictions(fresh_test), golden={name: predictions(s) for name, s in golden.items()},

@@ -59,6 +59,13 @@ def test_a_run_registers_a_gated_candidate_with_its_lineage(world) -> None:
     assert card.lineage.examples_through == store.last_example_id()
     assert set(card.metrics) == {"test", "v1/test"}  # the fresh test set and v1's own
     assert {r.name for r in card.gates.results} == {"golden", "fresh_gain", "class_recall", "parity"}
+    # Both versions' full metrics per set, the same figures the gates judged.
+    figures = {r.name: r.figures for r in card.gates.results}
+    assert set(card.gates.comparison) == {"fresh", "v1/test"}
+    fresh = card.gates.comparison["fresh"]
+    assert fresh.candidate.n == 40 and sum(map(sum, fresh.production.confusion_matrix)) == 40
+    assert round(fresh.candidate.accuracy, 4) == figures["fresh_gain"]["candidate"]
+    assert round(card.gates.comparison["v1/test"].production.accuracy, 4) == figures["golden"]["v1/test"]["production"]
     expected = State.AWAITING_APPROVAL if card.gates.passed else State.REJECTED
     assert outcome.state == expected == registry.state("v2")
     assert [(e.to_state, e.actor) for e in heard] == [("candidate", "tuneloop-adapter"),

@@ -1,7 +1,7 @@
 """The model registry: the contract between training (adapter), serving (service) and monitoring."""
 
 from tuneloop.registry.card import (DataFile, EvalMetrics, GateReport, GateResult, Lineage, ModelCard, ParityReport,
-                                    Timings)
+                                    SetComparison, Timings)
 from tuneloop.registry.errors import (
     CorruptStateError,
     CorruptVersionError,
@@ -18,6 +18,6 @@ from tuneloop.registry.store import ModelVersion, Registry, VersionSummary
 __all__ = [
     "CorruptStateError", "CorruptVersionError", "DataFile", "EvalMetrics", "GateReport", "GateResult",
     "IllegalTransitionError", "Lineage", "ModelCard", "ModelVersion", "NoProductionVersionError",
-    "NothingToRollBackToError", "ParityReport", "Registry", "RegistryBusyError", "RegistryError", "State",
+    "NothingToRollBackToError", "ParityReport", "Registry", "RegistryBusyError", "RegistryError", "SetComparison", "State",
     "Timings", "VersionNotFoundError", "VersionSummary",
 ]

@@ -81,12 +81,21 @@ class GateResult(BaseModel):
     reasons: list[str] = Field(default_factory=list, description="why it failed, one line each")
 
 
+class SetComparison(BaseModel):
+    """Both versions on one test set, through their ONNX graphs: what an operator compares before approving."""
+
+    production: EvalMetrics
+    candidate: EvalMetrics
+
+
 class GateReport(BaseModel):
     """Every gate's figures and verdict, the candidate against the version in production."""
 
     against: str = Field(description="the production version it was compared with")
     passed: bool
     results: list[GateResult]
+    comparison: dict[str, SetComparison] = Field(
+        default_factory=dict, description="test set name (fresh, then production's) → both versions' metrics")
 
     def reasons(self) -> list[str]:
         return [f"{r.name}: {why}" for r in self.results if not r.passed for why in r.reasons]

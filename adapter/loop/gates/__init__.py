@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.errors import PolicyError
-from adapter.loop.gates.base import Evidence, Gate, GateConfig, Graph, Predictions
+from adapter.loop.gates.base import FRESH_TEST_SET, Evidence, Gate, GateConfig, Graph, Predictions
 from adapter.loop.gates.class_recall import ClassRecallGate
 from adapter.loop.gates.fresh_gain import FreshGainGate
 from adapter.loop.gates.golden import GoldenGate
@@ -19,7 +19,7 @@ from tuneloop.registry import GateReport
 GATES: dict[str, type[Gate]] = {cls.name: cls for cls in
                                 (GoldenGate, FreshGainGate, ClassRecallGate, ParityGate, LatencyGate)}
 
-__all__ = ["GATES", "Evidence", "Gate", "GateConfig", "Graph", "Predictions", "build_gates", "judge"]
+__all__ = ["FRESH_TEST_SET", "GATES", "Evidence", "Gate", "GateConfig", "Graph", "Predictions", "build_gates", "judge"]
 
 
 def build_gates(options: Mapping[str, Mapping[str, Any]]) -> list[Gate]:
@@ -40,4 +40,7 @@ def build_gates(options: Mapping[str, Mapping[str, Any]]) -> list[Gate]:
 
 def judge(gates: list[Gate], evidence: Evidence) -> GateReport:
     results = [gate.judge(evidence) for gate in gates]
-    return GateReport(against=evidence.production_version, passed=all(r.passed for r in results), results=results)
+    sets = {FRESH_TEST_SET: evidence.fresh, **evidence.golden}
+    comparison = {name: p.metrics for name, p in sets.items() if p.metrics is not None and len(p)}
+    return GateReport(against=evidence.production_version, passed=all(r.passed for r in results), results=results,
+                      comparison=comparison)

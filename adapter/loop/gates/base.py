@@ -15,8 +15,12 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tuneloop.registry import GateResult, ParityReport
+from tuneloop.registry import GateResult, ParityReport, SetComparison
 from tuneloop.settings import ServingSettings
+
+
+# The comparison's name for the fresh test set (production's own sets keep the names its card gave them).
+FRESH_TEST_SET = "fresh"
 
 
 class GateConfig(BaseModel):
@@ -29,11 +33,13 @@ class GateConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Predictions:
-    """One test set: the true class ids and what each version predicted, row for row."""
+    """One test set: the true class ids and what each version predicted, row for row (with their metrics, for
+    the card's comparison)."""
 
     labels: np.ndarray
     production: np.ndarray
     candidate: np.ndarray
+    metrics: SetComparison | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
