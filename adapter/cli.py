@@ -192,7 +192,9 @@ def train(
 
 
 def register(app: typer.Typer) -> None:
+    from adapter.admin.cli import register as register_admin
     from adapter.loop.cli import register as register_loop
 
     app.command("train")(train)
     register_loop(app)
+    register_admin(app)

@@ -9,7 +9,7 @@ import pytest
 
 # Real Tansu brokers on loopback ports: kafka_broker (session), own_broker, event_settings, consume_until;
 # a real PostgreSQL server: postgres_server (session), postgres_url (a database per test).
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.browser", "tests.fixtures.postgres"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")

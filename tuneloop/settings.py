@@ -255,6 +255,11 @@ class AdapterSettings(BaseModel):
                                    "(/console); 0 picks a free port; None: no admin surface")
     # name, role and sha256 of each token (docs: README "Operators"); never the tokens themselves.
     admin_tokens_file: Path | None = None
+    # Signs the console's session cookies; replicas behind one ingress must share it. None: random per process.
+    session_secret_file: Path | None = None
+    session_lifetime_s: float = Field(8 * 3600, gt=0, description="how long a console sign-in lasts")
+    monitor_url: str | None = Field(None, description="the drift monitor's HTTP address (http://host:port), "
+                                    "for the console's drift state and reports")
     consumer_group: str = "tuneloop-adapter"
     feedback_horizon_s: float = Field(7 * 86400, gt=0, description="how long a prediction waits for its "
                                       "feedback, and feedback for its prediction")

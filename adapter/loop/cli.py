@@ -34,9 +34,13 @@ def adapt(
     store: StoreOption = None,
     policy: Annotated[Optional[Path], typer.Option("--policy", help="YAML adaptation policy (also TUNELOOP_ADAPTER__POLICY_FILE).")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="The alert webhook, /status and /metrics (0: any free).")] = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address of the webhook.")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Address of the webhook and the admin port.")] = None,
+    admin_port: Annotated[Optional[int], typer.Option("--admin-port", help="The admin API and console (0: any free).")] = None,
+    admin_tokens: Annotated[Optional[Path], typer.Option("--admin-tokens", help="The admin tokens file (also TUNELOOP_ADAPTER__ADMIN_TOKENS_FILE).")] = None,
+    monitor_url: Annotated[Optional[str], typer.Option("--monitor-url", help="The drift monitor, for the console (http://host:port).")] = None,
 ) -> None:
     """Close the loop: join feedback to predictions, retrain on drift or fresh labels, gate, watch promotions."""
+    from adapter.admin.errors import AdminError
     from adapter.errors import AdapterError
     from adapter.loop.policy import AdapterPolicy
     from adapter.loop.service import AdapterService
@@ -44,13 +48,15 @@ def adapt(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = _settings(config, registry, store_url=store, policy_file=policy, port=port, host=host)
+        settings = _settings(config, registry, store_url=store, policy_file=policy, port=port, host=host,
+                             admin_port=admin_port, admin_tokens_file=admin_tokens, monitor_url=monitor_url)
         service = AdapterService(settings, AdapterPolicy.load(settings.adapter.policy_file))
-    except AdapterError as exc:
+    except (AdapterError, AdminError) as exc:
         raise fail(str(exc)) from None
     service.start()
-    log.info("adapter: store %s, registry %s, webhook and metrics on %s:%d, consuming as %s",
+    log.info("adapter: store %s, registry %s, webhook and metrics on %s:%d, admin on %s, consuming as %s",
              service.store.safe_url, settings.registry, settings.adapter.host, service.port,
+             service.admin_port if settings.adapter.admin_port is not None else "no port",
              settings.adapter.consumer_group)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,7 +6,8 @@ Three supervised loops and an HTTP server:
   watch the last promotion, refresh the gauges;
 - the retrainer: one retraining at a time across every adapter sharing the store (adapter/loop/retrain.py);
 - HTTP on ``adapter.port``: ``POST /alerts`` (Alertmanager's webhook), ``GET /status``, ``/healthz``,
-  ``/metrics``.
+  ``/metrics``;
+- HTTP on ``adapter.admin_port``: the operators' admin API and console (adapter/admin/).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import ValidationError
 
+from adapter.admin.app import build_admin_app
+from adapter.admin.context import AdminContext
+from adapter.admin.sessions import SessionSigner
+from adapter.admin.tokens import TokenBook
 from adapter.errors import WebhookError
 from adapter.loop import metrics
 from adapter.loop.joiner import KINDS, Joiner
@@ -59,6 +64,8 @@ class AdapterService:
         self.stop_event = threading.Event()
         self.loops: list[SupervisedLoop] = []
         self.http: uvicorn.Server | None = None
+        self.admin_http: uvicorn.Server | None = None
+        self.tokens = TokenBook(settings.adapter.admin_tokens_file)
         self.last_outcome: dict[str, Any] | None = None
         self.fresh = 0
         metrics.initialise()
@@ -103,26 +110,34 @@ class AdapterService:
             SupervisedLoop("tuneloop-adapter-retrainer", self.retrain, interval_s=tick_s, stop=self.stop_event,
                            initial_backoff_s=30, max_backoff_s=600).start(),
         ]
-        config = uvicorn.Config(self.app(), host=self.settings.adapter.host, port=self.settings.adapter.port,
-                                log_level="warning", access_log=False)
-        self.http = uvicorn.Server(config)
-        threading.Thread(target=self.http.run, name="tuneloop-adapter-http", daemon=True).start()
+        self.http = self._serve(self.app(), self.settings.adapter.port, "tuneloop-adapter-http")
+        if self.settings.adapter.admin_port is not None:
+            self.admin_http = self._serve(self.admin_app(), self.settings.adapter.admin_port, "tuneloop-admin-http")
+
+    def _serve(self, app: FastAPI, port: int, name: str) -> uvicorn.Server:
+        # No access log: an operator's token is never in a URL, but a log of every scrape is noise.
+        config = uvicorn.Config(app, host=self.settings.adapter.host, port=port, log_level="warning",
+                                access_log=False)
+        server = uvicorn.Server(config)
+        threading.Thread(target=server.run, name=name, daemon=True).start()
+        return server
 
     @property
     def port(self) -> int:
         """The port HTTP listens on (the one the OS picked when adapter.port is 0)."""
-        servers = getattr(self.http, "servers", None) or []
-        for server in servers:
-            for sock in server.sockets:
-                return sock.getsockname()[1]
-        return self.settings.adapter.port
+        return _bound_port(self.http) or self.settings.adapter.port
+
+    @property
+    def admin_port(self) -> int | None:
+        return _bound_port(self.admin_http) or self.settings.adapter.admin_port
 
     def stop(self) -> None:
         self.stop_event.set()
         for loop in self.loops:
             loop.join(timeout=30)
-        if self.http is not None:
-            self.http.should_exit = True
+        for server in (self.http, self.admin_http):
+            if server is not None:
+                server.should_exit = True
         if self.consumer is not None:
             self.consumer.close()
         self.events.close()
@@ -163,6 +178,16 @@ class AdapterService:
 
         return app
 
+    def admin_app(self) -> FastAPI:
+        """The operators' API and console (adapter/admin/), on their own port."""
+        adapter = self.settings.adapter
+        if not self.tokens.configured:
+            log.warning("adapter.admin_tokens_file is not set: the admin API and console refuse everyone")
+        return build_admin_app(AdminContext(
+            registry=self.registry, store=self.store, triggers=self.triggers, tokens=self.tokens,
+            sessions=SessionSigner(self.tokens, adapter.session_secret_file, adapter.session_lifetime_s),
+            status=self.status, monitor_url=adapter.monitor_url))
+
     def status(self) -> dict[str, Any]:
         return {
             "production": self.registry.production(),
@@ -174,3 +199,10 @@ class AdapterService:
             "last_outcome": self.last_outcome,
             "loops": {loop.name: {"healthy": loop.healthy, "last_error": loop.last_error} for loop in self.loops},
         }
+
+
+def _bound_port(server: uvicorn.Server | None) -> int | None:
+    for listener in getattr(server, "servers", None) or []:
+        for sock in listener.sockets:
+            return sock.getsockname()[1]
+    return None

@@ -275,6 +275,15 @@ class LabelStore:
                 examples.c.model_version == version, examples.c.feedback_at >= since)).all()
         return len(rows), sum(label == predicted for label, predicted in rows)
 
+    def outcomes(self, since: datetime) -> list[tuple[str, datetime, bool]]:
+        """(model version, feedback time, prediction right) of every example with feedback since ``since``,
+        oldest first: live accuracy over time, per version."""
+        with self._transaction() as conn:
+            rows = conn.execute(select(examples.c.model_version, examples.c.feedback_at, examples.c.label,
+                                       examples.c.predicted).where(examples.c.feedback_at >= since)
+                                .order_by(examples.c.feedback_at)).all()
+        return [(version, utc(at), label == predicted) for version, at, label, predicted in rows]
+
     # ------------------------------------------------------------------ triggers and runs
     def add_trigger(self, kind: str, detail: dict[str, Any]) -> int:
         with self._transaction() as conn:

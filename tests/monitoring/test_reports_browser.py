@@ -3,25 +3,6 @@ JavaScript rendering the plots, not just HTML arriving."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.is_file():
-        pytest.fail("chromium is missing: run scripts/install-debian-packages.sh as root")
-    with sync_playwright() as playwright:
-        # --no-sandbox: the suite runs as root, where Chromium's sandbox refuses to start.
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
 
 def test_drift_reports_render_in_a_browser(running_monitor, browser) -> None:
     _, server = running_monitor
