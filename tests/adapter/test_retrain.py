@@ -173,3 +173,13 @@ def test_a_promotion_whose_live_accuracy_falls_is_rolled_back(world) -> None:
     last = registry.audit_log(outcome.version)[-1]
     assert last.actor == "tuneloop-adapter" and "live accuracy 0.000 on 30 labelled predictions" in last.reason
     assert REGISTRY.get_sample_value("tuneloop_adapter_rollbacks_total") == before + 1
+
+
+def test_golden_sets_leave_out_what_the_candidate_learns_from_whatever_its_whitespace(world) -> None:
+    _, registry, _ = world
+    production = registry.open_version("v1")
+    home = production.dataset("test")
+    learnt = {"  " + home[0][0].replace(" ", "   ") + " \t", home[1][0]}  # as traffic: spaced differently
+    golden = Retrainer.golden_sets(production, learnt)
+    assert len(golden["v1/test"]) == len(home) - 2
+    assert home[0][0] not in golden["v1/test"].texts and home[2][0] in golden["v1/test"].texts
