@@ -41,23 +41,23 @@ def is_segment(fd: int) -> bool:
 
 
 class FullDisk:
-    """While ``full``, ENOSPC from fsync on spool segments (and, with ``torn_writes``, half of each write,
-    then ENOSPC)."""
+    """While ``full``, ``error`` (ENOSPC: a full disk; EIO: a failing one) from fsync on spool segments (and,
+    with ``torn_writes``, half of each write, then the error)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, torn_writes: bool = False) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, torn_writes: bool = False, error: int = errno.ENOSPC) -> None:
         self.full = False
         real_fsync, real_write = os.fsync, os.write
 
         def fsync(fd: int) -> None:
             if self.full and is_segment(fd):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(error, os.strerror(error))
             real_fsync(fd)
 
         def write(fd: int, data) -> int:
             if self.full and torn_writes and is_segment(fd):
                 if len(data) > 1:
                     return real_write(fd, bytes(data)[: len(data) // 2])  # what fitted; the rest raises
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(error, os.strerror(error))
             return real_write(fd, data)
 
         monkeypatch.setattr(os, "fsync", fsync)
@@ -72,11 +72,12 @@ def background_errors(thread: str) -> float:
     return BACKGROUND_ERRORS.labels(thread)._value.get()
 
 
-def test_a_full_disk_drops_events_counts_them_and_logs_once_per_episode(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
+def test_a_disk_that_refuses_writes_drops_events_counts_them_and_logs_once_per_episode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: int) -> None:
     settings = isolated_settings(f"127.0.0.1:{free_port()}", tmp_path / "spool", spool_fsync="always")
     topic = settings.feedback_topic
-    disk = FullDisk(monkeypatch)
+    disk = FullDisk(monkeypatch, error=error)
     log = EventLog(settings)  # no broker: every event goes to the spool
     log.start()
     with caplog.at_level(logging.INFO, logger="tuneloop"):
