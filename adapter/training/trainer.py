@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from transformers import (
     PrinterCallback,
     PreTrainedTokenizerBase,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -86,7 +88,9 @@ def _quiet_library_progress() -> None:
 
 
 def fine_tune(data: LabelledData, hp: Hyperparameters, base: BaseModelSource, *, show_progress: bool = True,
-              description: str = "fine-tuning") -> FineTuned:
+              description: str = "fine-tuning", callbacks: Sequence[TrainerCallback] = ()) -> FineTuned:
+    """Fine-tune ``base`` on ``data``: evaluation and a checkpoint each epoch, early stopping on validation
+    macro-F1, the best epoch's weights kept. ``callbacks`` are added to the Trainer's own."""
     _quiet_library_progress()
     base.check_labels(data.label_names)
     set_seed(hp.seed)
@@ -128,7 +132,7 @@ def fine_tune(data: LabelledData, hp: Hyperparameters, base: BaseModelSource, *,
             model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
             data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
             compute_metrics=_macro_f1,
-            callbacks=[EarlyStoppingCallback(early_stopping_patience=hp.patience)],
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=hp.patience), *callbacks],
         )
         if hp.class_weights == "balanced":
             classes = np.arange(len(data.label_names))

@@ -187,6 +187,34 @@ def test_a_failed_warm_up_is_refused_and_retried(fresh_two_versions: Path, monke
         manager.stop()
 
 
+def test_readiness_waits_for_the_warm_up(fresh_two_versions: Path, monkeypatch) -> None:
+    """Not ready while the first model warms up: a first request must never pay for it."""
+    import service.model
+    from service.swap import ModelManager
+    from tuneloop.settings import load_settings
+
+    real, started, release = service.model.warm_up, threading.Event(), threading.Event()
+
+    def warm_up(served) -> None:
+        started.set()
+        release.wait(30)
+        real(served)
+
+    monkeypatch.setattr(service.model, "warm_up", warm_up)
+    serving = load_settings(registry=str(fresh_two_versions)).serving.model_copy(update={"poll_interval_s": 0.05})
+    manager = ModelManager(Registry(fresh_two_versions), serving)
+    manager.start()
+    try:
+        assert started.wait(30)
+        time.sleep(0.3)  # several watcher periods: nothing else makes it ready
+        assert not manager.ready
+        release.set()
+        assert wait_for(lambda: manager.ready) and manager.current.version == "v1"
+    finally:
+        release.set()
+        manager.stop()
+
+
 def test_a_failed_first_load_is_retried(fresh_two_versions: Path, monkeypatch, quick_retries) -> None:
     from service.swap import ModelManager
     from tuneloop.settings import load_settings

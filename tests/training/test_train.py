@@ -174,9 +174,11 @@ def test_search_keeps_best_trial_and_its_table(data, tiny_bert: Path, method: st
         assert getattr(result.best.hyperparameters, name) == value
 
 
-def run_cli(*args: str, env_registry: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
     return subprocess.run([sys.executable, "-m", "tuneloop.cli", *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env={**os.environ, **(env or {})})
 
 
 def test_cli_train_then_list_show_promote(small_amazon: Path, tiny_bert: Path, tmp_path: Path) -> None:
@@ -262,6 +264,35 @@ def test_early_stopping_ends_a_run_that_stopped_improving(data, tiny_bert: Path)
     assert tuned.epochs_run == 2  # the first epoch sets the best; the second does not beat it
 
 
+def test_the_best_epochs_weights_are_kept_not_the_last(data) -> None:
+    """The last epoch is spoilt on purpose (its head made to answer one class whatever the text): what
+    fine_tune hands back must be the best epoch's model, not the last one."""
+    from sklearn.metrics import f1_score
+    from transformers import TrainerCallback
+
+    from adapter.training.classifier import predict_torch
+
+    class SpoilTheLastEpoch(TrainerCallback):
+        f1: list[float] = []
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            if round(state.epoch) == args.num_train_epochs:  # before that epoch's evaluation
+                with torch.no_grad():
+                    model.classifier.weight.zero_()
+                    model.classifier.bias.copy_(torch.tensor([10.0, 0.0]))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+            self.f1.append(metrics["eval_f1_macro"])
+
+    spoil = SpoilTheLastEpoch()
+    hp = Hyperparameters(epochs=2, batch_size=16, max_length=32, learning_rate=3e-4, patience=5)
+    tuned = fine_tune(data, hp, resolve_base_model("minilm"), show_progress=False, callbacks=[spoil])
+    assert len(spoil.f1) == 2 and spoil.f1[1] <= 0.34 < spoil.f1[0]  # a constant answer, after a real epoch
+    logits, _ = predict_torch(tuned.model, tuned.tokenizer, data.validation.texts, hp.max_length)
+    kept = f1_score(data.validation.labels, logits.argmax(axis=1), average="macro")
+    assert kept == pytest.approx(spoil.f1[0], abs=1e-6) == tuned.best_validation_f1
+
+
 def test_balanced_class_weights_weigh_the_loss_by_inverse_frequency(data, tiny_bert: Path) -> None:
     from adapter.training.trainer import _WeightedLossTrainer
 
@@ -300,6 +331,30 @@ def test_cli_search_space_file_and_training_knobs_reach_the_card(small_amazon: P
     assert card.hyperparameters["strategy"]["r"] == best["strategy.r"]
     assert card.hyperparameters["weight_decay"] == best["weight_decay"]
     assert card.hyperparameters["patience"] == 1 and card.hyperparameters["class_weights"] == "balanced"
+
+
+def test_a_hub_id_resolves_through_the_hugging_face_cache(small_amazon: Path, tiny_bert: Path,
+                                                         tmp_path: Path) -> None:
+    """`--base-model org/name` is a hub id: with no network (HF_HUB_OFFLINE) it is found in the local hub cache,
+    laid out here as a download would leave it, and the card names it."""
+    import shutil
+
+    commit = "0" * 40
+    cached = tmp_path / "hub" / "models--tuneloop-test--tiny-bert"
+    shutil.copytree(tiny_bert, cached / "snapshots" / commit)
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text(commit)
+    reg = str(tmp_path / "reg")
+    done = run_cli("train", "--data", str(small_amazon), "--base-model", "tuneloop-test/tiny-bert",
+                   "--registry", reg, "--epochs", "1", "--max-length", "32", "--no-progress",
+                   env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert Registry(reg).card("v1").base_model == "tuneloop-test/tiny-bert"
+    missing = run_cli("train", "--data", str(small_amazon), "--base-model", "tuneloop-test/not-there",
+                      "--registry", reg, "--epochs", "1", "--no-progress",
+                      env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "tuneloop-test/not-there" in missing.stderr
 
 
 def test_search_methods_and_the_default_space() -> None:
