@@ -215,3 +215,47 @@ def test_precondition_failures_are_recognised() -> None:
     assert is_precondition_failure(OSError("HTTP 412 Precondition Failed"))
     assert not is_precondition_failure(FileNotFoundError("/models/412/versions/v1"))
     assert not is_precondition_failure(PermissionError("Access Denied"))
+
+
+def test_a_writer_stalled_past_its_lease_loses_its_change_and_breaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's promise for stores without conditional writes: a stall past the lease may lose the stalled
+    writer's change, never half-apply it; a retry then goes through."""
+    import time
+
+    monkeypatch.setattr(ObjectStoreCoordinator, "lease_ttl_s", 1.0)
+    root = f"objdir://{tmp_path / 'reg'}"
+    stalled = Registry(root, cache_dir=tmp_path / "cache-a", coordination="lease")
+    other = Registry(root, cache_dir=tmp_path / "cache-b", coordination="lease")
+    v1 = stalled.publish(make_staging(tmp_path / "stage1"), make_card(), actor="p")
+    v2 = other.publish(make_staging(tmp_path / "stage2"), make_card(), actor="p")
+    real_create, paused = stalled._coordinator.create, threading.Event()
+
+    def create_after_a_stall(path: str, data: bytes) -> None:
+        paused.set()
+        time.sleep(1.5)  # a GC pause, a preempted VM: the lease runs out meanwhile
+        real_create(path, data)
+
+    monkeypatch.setattr(stalled._coordinator, "create", create_after_a_stall)
+    outcome: list[BaseException | None] = []
+
+    def stalled_transition() -> None:
+        try:
+            stalled.transition(v1, "awaiting_approval", "a", "stalls before its commit")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=stalled_transition)
+    thread.start()
+    assert paused.wait(30)
+    time.sleep(1.1)  # its lease has expired: another writer takes over and commits
+    other.transition(v2, "awaiting_approval", "b", "took the expired lease")
+    thread.join(30)
+    assert isinstance(outcome[0], RegistryBusyError), outcome  # lost, and told so
+    fresh = Registry(root, cache_dir=tmp_path / "cache-c", coordination="lease")
+    assert {v.version: v.state for v in fresh.list_versions()} == {v1: "candidate", v2: "awaiting_approval"}
+    monkeypatch.setattr(stalled._coordinator, "create", real_create)
+    stalled.transition(v1, "awaiting_approval", "a", "retried")  # the retry goes through
+    assert Registry(root, cache_dir=tmp_path / "cache-d", coordination="lease").state(v1) == "awaiting_approval"
