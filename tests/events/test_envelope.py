@@ -34,3 +34,19 @@ def test_every_encoding_of_the_data_that_holds_the_event_is_read(value: bytes) -
     received = unwrap(value, "predictions", 0, 7)
     assert received.data == prediction(1).model_copy(update={"timestamp": received.data.timestamp})
     assert (received.event_id, received.offset) == (GOOD.event_id, 7)
+
+
+@pytest.mark.parametrize("value", [
+    with_attributes(GOOD, subject="reviews", partitionkey="r1"),  # attributes wrap never writes
+    with_attributes(GOOD, data=GOOD_DATA, datacontenttype="text/json"),
+], ids=["extensions", "other content type"])
+def test_events_off_the_fast_path_read_the_same_as_on_it(value: bytes) -> None:
+    """unwrap reads wrap's own layout with orjson and hands anything else to the CloudEvents parser: both
+    must give the same event."""
+    assert unwrap(value, "predictions", 0, 7) == unwrap(GOOD.value, "predictions", 0, 7)
+
+
+def test_a_time_the_fast_path_cannot_vet_is_the_cloudevents_parsers_call() -> None:
+    with pytest.raises(BadEventError) as raised:
+        unwrap(with_attributes(GOOD, time="2026-11-30"), "predictions", 0, 7)  # a date alone
+    assert raised.value.reason == "not_cloudevent"
