@@ -113,13 +113,16 @@ class ConsumeLoop:
     def handle(self, event: Any) -> None:
         """One event from the predictions topic: a ``PredictionEvent`` or an envelope holding one."""
         try:
-            self.monitor.observe(*self._observation(event))
+            data, labels = self._prediction(event)
+            # Decoded only if its window keeps it: a time window's reservoir passes most of a busy one over.
+            self.monitor.offer(data.model_version, data.timestamp.timestamp(),
+                               lambda: observation_from_event(data, labels), data.model_name)
         except ObservationRejectedError as exc:
             count_rejected(getattr(event, "topic", ""), exc.reason)
             # The monitor logs a version without a reference once per retry, not once per event.
             log.log(logging.DEBUG if exc.reason == "unknown_version" else logging.WARNING, "skipped: %s", exc)
 
-    def _observation(self, event: Any) -> tuple[Observation, str | None]:
+    def _prediction(self, event: Any) -> tuple[PredictionEvent, list[str]]:
         data = getattr(event, "data", event)
         try:
             if not isinstance(data, PredictionEvent):
@@ -133,8 +136,8 @@ class ConsumeLoop:
                     "unknown_version",
                     f"no reference sample for model version {data.model_version}",
                 )
-            return observation_from_event(data, labels), data.model_name
-        except ObservationRejectedError as exc:  # the monitor counts what it rejects itself in observe()
+            return data, labels
+        except ObservationRejectedError as exc:  # the monitor counts what it rejects itself in offer()
             self.monitor.metrics.rejected(exc.reason)
             raise
 
@@ -165,6 +168,11 @@ class ConsumeLoop:
                 consumer.rewind(batch, handled)
                 raise
         consumer.commit(batch)
+        self.monitor.metrics.set_lag(consumer.lag(), time.time())
+        if not batch.offsets:
+            # Caught up with the topic: the clock stands in for the traffic, so a window whose traffic
+            # stopped (a quiet service, a version swapped out) closes now rather than at the next prediction.
+            self.monitor.close_windows(self.monitor.clock())
         self._housekeeping()
 
     def run(self, consumer: EventConsumer, stop: threading.Event, poll_timeout_ms: int = 1000) -> None:

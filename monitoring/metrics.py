@@ -6,6 +6,9 @@ process and a version's series can be dropped when the version goes idle.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Evidently runs take ~20 ms (one column) to seconds (t-SNE maps).
@@ -39,9 +42,29 @@ class MonitorMetrics:
         )
         self.window_fill = Gauge(
             "tuneloop_drift_window_fill",
-            "Share of the current window filled (0-1): rows before the first evaluation, "
-            "then progress towards the next one.",
+            "Share of the current window filled (0-1). Time windows: predictions so far over the minimum "
+            "sample for a verdict. Count windows: rows before the first evaluation, then progress towards "
+            "the next one.",
             ["model_version"],
+            registry=r,
+        )
+        self.window_predictions = Gauge(
+            "tuneloop_drift_window_predictions",
+            "Predictions the last closed time window counted (its evaluated sample is at most "
+            "monitor.max_window_sample of them).",
+            ["model_version"],
+            registry=r,
+        )
+        self.not_enough_data = Gauge(
+            "tuneloop_drift_not_enough_data",
+            "1 when the last time window closed with fewer predictions than monitor.min_window_sample: "
+            "no verdict, the drift gauges keep the last one.",
+            ["model_version"],
+            registry=r,
+        )
+        self.window_seconds = Gauge(
+            "tuneloop_monitor_window_seconds",
+            "The span of a time window (monitor.window_seconds); 0 with count windows.",
             registry=r,
         )
         self.last_evaluation = Gauge(
@@ -63,6 +86,19 @@ class MonitorMetrics:
             ["model_version"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "tuneloop_monitor_consumer_lag",
+            "Prediction events on the partition that this monitor has not read yet.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            "tuneloop_monitor_consumer_lag_seconds",
+            "How far behind the partition the monitor reads: age of the last event it read while events "
+            "wait behind it, 0 when it has read everything.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.events = Counter(
             "tuneloop_monitor_events_total",
             "Prediction events consumed, by what became of them.",
@@ -72,11 +108,30 @@ class MonitorMetrics:
         self.errors = Counter(
             "tuneloop_monitor_errors_total", "Monitor failures, by kind.", ["kind"], registry=r
         )
+        self._lag_partitions: set[tuple[str, str]] = set()
         # Series exist from the start at 0: increase() sees the first event, dashboards show a flat line.
         for outcome in EVENT_OUTCOMES:
             self.events.labels(outcome)
         for kind in ERROR_KINDS:
             self.errors.labels(kind)
+
+    def set_lag(self, lags: Mapping[Any, Any], now: float) -> None:
+        """Export ``EventConsumer.lag()``; partitions this replica no longer holds lose their series (their
+        new owner exports them)."""
+        held = set()
+        for partition, lag in lags.items():
+            labels = (partition.topic, str(partition.partition))
+            held.add(labels)
+            self.consumer_lag.labels(*labels).set(lag.messages)
+            behind = now - lag.last_timestamp if lag.messages and lag.last_timestamp is not None else 0.0
+            self.consumer_lag_seconds.labels(*labels).set(max(0.0, behind))
+        for labels in self._lag_partitions - held:
+            for gauge in (self.consumer_lag, self.consumer_lag_seconds):
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass
+        self._lag_partitions = held
 
     def rejected(self, reason: str) -> None:
         """One prediction skipped: ``no_reference`` for a version without one, ``undecodable`` otherwise."""
@@ -89,7 +144,8 @@ class MonitorMetrics:
                     gauge.remove(signal, version)
                 except KeyError:
                     pass
-        for gauge in (self.window_fill, self.last_evaluation, self.episode):
+        for gauge in (self.window_fill, self.last_evaluation, self.episode, self.window_predictions,
+                      self.not_enough_data):
             try:
                 gauge.remove(version)
             except KeyError:

@@ -1,4 +1,9 @@
-"""The drift monitor's core: a sliding window per model version, evaluated against that version's reference.
+"""The drift monitor's core: a window per model version, evaluated against that version's reference.
+
+Windows are tumbling time windows held as a bounded uniform sample (``monitor.window_mode: time``, the
+default: one evaluation per version per window, whatever the traffic), or sliding count windows (``count``).
+A time window whose sample is smaller than ``monitor.min_window_sample`` gives no verdict: the monitor says
+"not enough data" (``tuneloop_drift_not_enough_data``) and leaves the drift state as it was.
 
 Transport-free: the Kafka consume loop (monitoring/consume.py), the tests and the benchmark all feed it
 ``Observation``s. It updates the Prometheus series, keeps the Evidently reports, and tells an event sink when
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +27,7 @@ from monitoring.metrics import MonitorMetrics
 from monitoring.reference import ReferenceLoader, ReferenceSample
 from monitoring.reports import ReportStore, StoredReport, merge_snapshots
 from monitoring.signals import BoundSignal, Signal, SignalResult, build_signals
-from monitoring.window import Observation, SlidingWindow
+from monitoring.window import Observation, SlidingWindow, TimeWindow, WindowData
 from tuneloop.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
@@ -35,11 +41,12 @@ class Evaluation:
     id: str
     model_version: str
     at: float
-    rows: int
+    rows: int  # the rows evaluated: the window's sample
     results: list[SignalResult]
     failed: list[str]  # signals that raised on this window
     drift: bool  # some signal detected drift on this window
     durations: dict[str, float] = field(default_factory=dict)
+    predictions: int = 0  # predictions the window counted (a time window evaluates a sample of them)
 
     def scores(self) -> dict[str, float]:
         return {r.signal: r.score for r in self.results}
@@ -53,7 +60,7 @@ class DriftEventSink(Protocol):
 
 @dataclass
 class _VersionState:
-    window: SlidingWindow
+    window: SlidingWindow | TimeWindow
     bound: list[tuple[Signal, BoundSignal]]
     labels: list[str]
     embedding_width: int  # the reference's: a window's rows must match it, or no signal can compare them
@@ -86,33 +93,103 @@ class DriftMonitor:
         self._versions: dict[str, _VersionState] = {}
         self._unavailable: dict[str, float] = {}  # version → when its reference last failed to load
         self._ids = itertools.count(1)
+        self._observed = self.metrics.events.labels("observed")
+        self._next_due = float("inf")  # the earliest event time at which some version's time window closes
+        if settings.window_mode == "time":
+            self.metrics.window_seconds.set(settings.window_seconds)
 
     # ------------------------------------------------------------------ feeding
     def observe(self, observation: Observation, model_name: str | None = None) -> Evaluation | None:
-        """Add one prediction; returns the evaluation when this observation completed a window step.
+        """Add one prediction; returns the evaluation of the window it completed (a count window's step, or
+        the time window it closed by falling past its end), if that window gave a verdict.
 
         Raises ``ObservationRejectedError`` (counted) for a version without a reference, or an observation
         that does not fit it: one such row in a window would fail every evaluation until it left the window.
         """
+        return self.offer(observation.model_version, observation.timestamp, lambda: observation, model_name)
+
+    def offer(
+        self,
+        version: str,
+        timestamp: float,
+        build: Callable[[], Observation],
+        model_name: str | None = None,
+    ) -> Evaluation | None:
+        """``observe`` for a prediction not decoded yet: ``build`` is called only if its window keeps it.
+
+        A time window's reservoir keeps a shrinking share of a busy window's predictions; the others are
+        counted, never decoded nor checked (so at high traffic ``undecodable`` counts the sampled ones).
+        """
         try:
-            state = self._state(observation.model_version)
+            state = self._state(version)
             if state is None:
                 raise ObservationRejectedError(
-                    observation.model_version,
-                    "unknown_version",
-                    f"no reference sample for model version {observation.model_version}",
+                    version, "unknown_version", f"no reference sample for model version {version}"
                 )
-            self._check(observation, state)
+            if model_name:
+                state.model_name = model_name
+            window = state.window
+            if isinstance(window, SlidingWindow):
+                observation = build()
+                self._check(observation, state)
+                self._observed.inc()
+                due = window.add(observation)
+                evaluation = self._evaluate(version, state, window.snapshot()) if due else None
+                self.metrics.window_fill.labels(version).set(window.fill())
+                return evaluation
+            evaluation = self._close(version, state) if window.rolls_over(timestamp) else None
+            opening = window.start is None
+            slot = window.slot(timestamp)
+            if opening:
+                self._next_due = min(self._next_due, window.next_due(self.settings.window_grace_seconds))
+            if slot is not None:
+                observation = build()
+                self._check(observation, state)
+                window.put(slot, observation)
         except ObservationRejectedError as exc:
             self.metrics.rejected(exc.reason)
             raise
-        if model_name:
-            state.model_name = model_name
-        self.metrics.events.labels("observed").inc()
-        due = state.window.add(observation)
-        evaluation = self._evaluate(observation.model_version, state) if due else None
-        self.metrics.window_fill.labels(observation.model_version).set(state.window.fill())
+        self._observed.inc()
+        if window.seen % 64 == 1:  # a gauge set per event costs more than the reservoir; this one moves slowly
+            self.metrics.window_fill.labels(version).set(window.fill(self.settings.min_window_sample))
+        if timestamp >= self._next_due:  # traffic went past another version's window: close it too
+            self.close_windows(timestamp)
         return evaluation
+
+    def close_windows(self, until: float) -> list[Evaluation]:
+        """Close every time window that traffic (or the clock) at ``until`` has passed, grace included.
+
+        The consume loop calls it with the wall clock when it has caught up with the topic (a poll found
+        nothing): a window whose traffic stopped closes then, and a quiet version's window reports "not
+        enough data" instead of waiting for more predictions. A version that had no prediction for a whole
+        window also reports it.
+        """
+        grace = self.settings.window_grace_seconds
+        evaluations = []
+        for version, state in list(self._versions.items()):
+            window = state.window
+            if isinstance(window, TimeWindow) and window.due(until, grace):
+                evaluation = self._close(version, state, until - grace)
+                if evaluation is not None:
+                    evaluations.append(evaluation)
+        self._next_due = min(
+            (s.window.next_due(grace) for s in self._versions.values() if isinstance(s.window, TimeWindow)),
+            default=float("inf"),
+        )
+        return evaluations
+
+    def _close(self, version: str, state: _VersionState, until: float | None = None) -> Evaluation | None:
+        """Close a version's time window: evaluate its sample, or say "not enough data"."""
+        assert isinstance(state.window, TimeWindow)
+        predictions, current = state.window.close(until)
+        self.metrics.window_predictions.labels(version).set(predictions)
+        self.metrics.window_fill.labels(version).set(0)
+        if current is None or len(current) < self.settings.min_window_sample:
+            # No verdict on a handful: the drift gauges and the episode keep what the last verdict said.
+            self.metrics.not_enough_data.labels(version).set(1)
+            return None
+        self.metrics.not_enough_data.labels(version).set(0)
+        return self._evaluate(version, state, current, predictions)
 
     @staticmethod
     def _check(observation: Observation, state: _VersionState) -> None:
@@ -158,8 +235,16 @@ class DriftMonitor:
             self._unavailable[version] = self.clock()
             return None
         self._unavailable.pop(version, None)
+        window: SlidingWindow | TimeWindow
+        if self.settings.window_mode == "time":
+            # Seeded per version: a replay of the same traffic samples the same rows.
+            window = TimeWindow(
+                self.settings.window_seconds, self.settings.max_window_sample, random.Random(version)
+            )
+        else:
+            window = SlidingWindow(self.settings.window_size, self.settings.window_step)
         state = _VersionState(
-            SlidingWindow(self.settings.window_size, self.settings.window_step),
+            window,
             bound,
             reference.labels,
             embedding_width=reference.data.embeddings.shape[1],
@@ -179,8 +264,9 @@ class DriftMonitor:
             ) from exc
 
     # ------------------------------------------------------------------ evaluating
-    def _evaluate(self, version: str, state: _VersionState) -> Evaluation:
-        current = state.window.snapshot()
+    def _evaluate(
+        self, version: str, state: _VersionState, current: WindowData, predictions: int | None = None
+    ) -> Evaluation:
         now = self.clock()
         results: list[SignalResult] = []
         failed: list[str] = []
@@ -212,6 +298,7 @@ class DriftMonitor:
             failed=failed,
             drift=any(r.detected for r in results),
             durations=durations,
+            predictions=len(current) if predictions is None else predictions,
         )
         self.metrics.last_evaluation.labels(version).set(now)
         if self.keep_reports:

@@ -1,7 +1,9 @@
-"""Observations of served predictions, and the sliding window each model version keeps of them."""
+"""Observations of served predictions, and the windows each model version keeps of them: tumbling time windows
+held as a bounded uniform sample (the default), or sliding count windows."""
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -108,3 +110,90 @@ class SlidingWindow:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+class TimeWindow:
+    """Tumbling windows of ``seconds`` of event time, each held as a uniform sample of its predictions.
+
+    The sample is a reservoir (Vitter's algorithm R) of at most ``max_sample`` rows, so a window costs the
+    same memory and the same evaluation whatever the traffic. The reservoir decides whether a prediction is
+    kept from its timestamp alone (``slot``), before the caller decodes it: the predictions passed over,
+    nearly all of them at high traffic, cost a random number each.
+
+    Windows are aligned to multiples of ``seconds``. A prediction timestamped past the open window's end
+    closes it (the caller evaluates it, then counts the prediction into the next); one timestamped before its
+    start (a late arrival) counts into the open window: it is still traffic to judge.
+    """
+
+    def __init__(self, seconds: float, max_sample: int, rng: random.Random | None = None) -> None:
+        if seconds <= 0 or max_sample < 1:
+            raise ValueError(f"a time window needs seconds > 0 and max_sample >= 1, got {seconds}, {max_sample}")
+        self.seconds = seconds
+        self.max_sample = max_sample
+        self.start: float | None = None  # the open window's start; None while no prediction opened one
+        self.closed_until: float | None = None  # the end of the last window closed (or found empty)
+        self.seen = 0  # predictions counted into the open window
+        self.last_seen = 0.0
+        self._sample: list[Observation] = []
+        self._rng = rng or random.Random()
+
+    @property
+    def end(self) -> float | None:
+        return None if self.start is None else self.start + self.seconds
+
+    def rolls_over(self, timestamp: float) -> bool:
+        """True when a prediction at ``timestamp`` falls past the open window: close that one first."""
+        return self.start is not None and timestamp >= self.start + self.seconds
+
+    def slot(self, timestamp: float) -> int | None:
+        """Count one prediction into the open window (opening one if none is); the sample index its observation
+        goes to (``put``), or None when the reservoir passes it over."""
+        if self.start is None:
+            self.start = timestamp - timestamp % self.seconds
+        self.seen += 1
+        if timestamp > self.last_seen:
+            self.last_seen = timestamp
+        if len(self._sample) < self.max_sample:
+            return len(self._sample)
+        kept = self._rng.randrange(self.seen)
+        return kept if kept < self.max_sample else None
+
+    def put(self, slot: int, observation: Observation) -> None:
+        if slot == len(self._sample):
+            self._sample.append(observation)
+        else:
+            self._sample[slot] = observation
+
+    def due(self, until: float, grace: float) -> bool:
+        """Whether traffic (or the clock) at ``until`` closes the open window, or shows a whole window went by
+        without one prediction."""
+        if self.start is not None:
+            return until >= self.start + self.seconds + grace
+        return self.closed_until is not None and until >= self.closed_until + self.seconds + grace
+
+    def next_due(self, grace: float) -> float:
+        """The earliest ``until`` at which ``due`` turns true."""
+        if self.start is not None:
+            return self.start + self.seconds + grace
+        if self.closed_until is not None:
+            return self.closed_until + self.seconds + grace
+        return float("inf")
+
+    def close(self, until: float | None = None) -> tuple[int, WindowData | None]:
+        """End the open window: (predictions it counted, its sample as columns or None if empty). Without an
+        open window, records an empty one ending before ``until``."""
+        if self.start is None:
+            if until is not None:
+                self.closed_until = until - until % self.seconds
+            return 0, None
+        seen, rows = self.seen, self._sample
+        self.closed_until = self.start + self.seconds
+        self.start, self.seen, self._sample = None, 0, []
+        return seen, WindowData.from_observations(rows) if rows else None
+
+    def fill(self, minimum: int) -> float:
+        """The open window's predictions as a share of the minimum sample for a verdict (capped at 1)."""
+        return min(1.0, self.seen / minimum)
+
+    def __len__(self) -> int:
+        return len(self._sample)

@@ -180,8 +180,33 @@ class MonitorSettings(BaseModel):
         "text_oov": {"method": "wasserstein", "threshold": 0.35},
     }
 
-    window_size: int = Field(200, ge=10, description="predictions per window, per model version")
-    window_step: int = Field(100, ge=1, description="new predictions between two evaluations of a window")
+    # Time windows bound the monitor's cost per second whatever the traffic: one evaluation per version per
+    # window, on at most max_window_sample predictions. Count windows (window_size, evaluated every window_step
+    # predictions) evaluate more often the busier the service; they suit a steady, modest traffic.
+    window_mode: Literal["time", "count"] = Field(
+        "time", description="time: tumbling windows of window_seconds; count: sliding windows of window_size"
+    )
+    window_seconds: float = Field(
+        60.0, gt=0, description="time windows: seconds of traffic (by the events' timestamps) per window"
+    )
+    max_window_sample: int = Field(
+        200, ge=10, description="time windows: a uniform (reservoir) sample of at most this many predictions "
+        "per model version is evaluated"
+    )
+    # The default thresholds were measured on 200-prediction windows: a verdict on fewer would raise more
+    # false alarms than bench/results/drift.md shows.
+    min_window_sample: int = Field(
+        200, ge=10, validate_default=True, description="time windows: a window with fewer predictions gives no verdict, only "
+        "tuneloop_drift_not_enough_data"
+    )
+    window_grace_seconds: float = Field(
+        5.0, ge=0, description="time windows: a window closes once traffic this much past its end was seen "
+        "(events from several hosts and partitions arrive slightly out of order)"
+    )
+    window_size: int = Field(200, ge=10, description="count windows: predictions per window, per model version")
+    window_step: int = Field(
+        100, ge=1, description="count windows: new predictions between two evaluations of a window"
+    )
     signals: dict[str, dict[str, Any]] = Field(default_factory=lambda: copy.deepcopy(MonitorSettings.DEFAULT_SIGNALS))
     drift_end_after: int = Field(
         2, ge=1, description="clean evaluations in a row before a drift episode ends (damps flapping)"
@@ -193,6 +218,15 @@ class MonitorSettings(BaseModel):
     idle_version_s: float = Field(
         6 * 3600, gt=0, description="forget a model version's window and series after this long without traffic"
     )
+
+    @field_validator("min_window_sample")
+    @classmethod
+    def _min_within_max(cls, value: int, info: Any) -> int:
+        largest = info.data.get("max_window_sample")
+        if largest is not None and value > largest:
+            raise ValueError(f"min_window_sample ({value}) exceeds max_window_sample ({largest}): "
+                             "no window could ever give a verdict")
+        return value
 
     @field_validator("signals", mode="before")
     @classmethod

@@ -17,11 +17,15 @@ def scenario(request, kafka_broker, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def running_monitor():
-    """A real DriftMonitor + its HTTP server, fed in-domain and then drifted synthetic traffic."""
-    from tests.monitoring.stack import fed_monitor
+def running_monitor(kafka_broker, tmp_path_factory):
+    """A real DriftMonitor + its HTTP server, fed in-domain and then drifted synthetic traffic through a real
+    broker by its own consume loop."""
+    from tests.fixtures.broker import isolated_settings
+    from tests.monitoring.stack import consumed_monitor
 
-    monitor, server = fed_monitor()
+    # One partition: the windows close in the order the test sends them (partitions are read interleaved).
+    kafka = isolated_settings(kafka_broker.bootstrap_servers, tmp_path_factory.mktemp("monitor-spool"), partitions=1)
+    monitor, server = consumed_monitor(kafka)
     yield monitor, server
     server.stop()
 

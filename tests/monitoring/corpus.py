@@ -9,6 +9,7 @@ domains) — ONNX embeddings sent as float16, probabilities and labels exactly a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,11 @@ def run_stream(
 ):
     """Evaluations of a real DriftMonitor on held-out amazon traffic, then after a switch to ``domain``.
 
-    Returns (monitor, evaluations before the switch, evaluations after it). The switch falls on an evaluation
-    boundary, so the first evaluation after it already holds ``window_step`` shifted rows.
+    Returns (monitor, evaluations before the switch, evaluations after it): ``in_domain_windows`` before, and
+    ``after_windows`` after. Count windows: the switch falls on an evaluation boundary, so the first
+    evaluation after it already holds ``window_step`` shifted rows. Time windows: each window holds twice the
+    sample (the reservoir picks its rows, no row twice) and the switch falls in the middle of a window, so
+    the first window after it is half shifted, as with count windows.
     """
     from monitoring.monitor import DriftMonitor
     from monitoring.reference import reference_from_arrays
@@ -137,10 +141,34 @@ def run_stream(
     reference = reference_from_arrays("v1", scenario.labels, scenario.reference)
     monitor = DriftMonitor(settings, lambda version: reference, keep_reports=keep_reports)
     rng = np.random.default_rng(seed)
+    shifted = scenario.shifted[domain]
+    if settings.window_mode == "time":
+        return (monitor, *_run_time_windows(monitor, scenario.held_out, shifted, settings, in_domain_windows,
+                                            after_windows, rng))
     n_before = settings.window_size + (in_domain_windows - 1) * settings.window_step
     held = no_repeat_stream(len(scenario.held_out["texts"]), n_before, settings.window_size, rng)
     before = [e for o in observations(scenario.held_out, held) if (e := monitor.observe(o))]
-    shifted = scenario.shifted[domain]
     after_idx = rng.permutation(len(shifted["texts"]))[: after_windows * settings.window_step]
     after = [e for o in observations(shifted, after_idx, start=2e9) if (e := monitor.observe(o))]
     return monitor, before, after
+
+
+def _run_time_windows(monitor, held_out, shifted, settings, in_domain_windows, after_windows, rng):
+    per_window = min(2 * settings.max_window_sample, len(held_out["texts"]), len(shifted["texts"]))
+    if per_window < settings.min_window_sample:
+        raise ValueError(f"the pools cannot fill a window of {settings.min_window_sample} distinct predictions")
+    spacing = settings.window_seconds / per_window
+    start = 1.8e9 - 1.8e9 % settings.window_seconds  # a window boundary
+    n_before = in_domain_windows * per_window + per_window // 2
+    n_after = per_window - per_window // 2 + (after_windows - 1) * per_window
+    held = no_repeat_stream(len(held_out["texts"]), n_before, per_window, rng)
+    moved = no_repeat_stream(len(shifted["texts"]), n_after, per_window, rng)
+    rows = [*observations(held_out, held, start=start),
+            *observations(shifted, moved, start=start + n_before)]
+    evaluations = []
+    for n, o in enumerate(rows):
+        o = dataclasses.replace(o, timestamp=start + n * spacing)
+        if evaluation := monitor.observe(o):
+            evaluations.append(evaluation)
+    evaluations += monitor.close_windows(start + len(rows) * spacing + settings.window_grace_seconds)
+    return evaluations[:in_domain_windows], evaluations[in_domain_windows:]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -69,7 +70,7 @@ def fed_monitor(version: str = "v1") -> tuple[DriftMonitor, MonitorServer]:
     """A monitor on a free loopback port that has seen in-domain windows and then drifted ones."""
     rng = np.random.default_rng(5)
     reference = reference_from_arrays(version, ["negative", "positive"], synthetic_rows(300, rng))
-    settings = MonitorSettings(window_size=100, window_step=50, port=0)
+    settings = MonitorSettings(window_mode="count", window_size=100, window_step=50, port=0)
     monitor = DriftMonitor(settings, lambda v: reference)
     server = MonitorServer(monitor.metrics.registry, monitor.reports, host="127.0.0.1", port=0).start()
     now = time.time()
@@ -87,6 +88,51 @@ def fed_monitor(version: str = "v1") -> tuple[DriftMonitor, MonitorServer]:
                 ),
                 "sentiment",
             )
+    return monitor, server
+
+
+def consumed_monitor(kafka: KafkaSettings, version: str = "v1") -> tuple[DriftMonitor, MonitorServer]:
+    """A monitor at its shipped window mode (time windows) on a free loopback port, fed through a real broker
+    by its own consume loop: an in-domain window, then a drifted one, closed by the next window's traffic.
+    Every series it exports exists, the consumer lag's included."""
+    from datetime import datetime, timezone
+
+    from monitoring.consume import ConsumeLoop
+    from tuneloop.events.client_config import ensure_topics
+    from tuneloop.events.consumer import EventConsumer
+    from tuneloop.events.producer import EventLog
+
+    rng = np.random.default_rng(5)
+    reference = reference_from_arrays(version, LABELS, synthetic_rows(300, rng))
+    settings = MonitorSettings(window_seconds=3600, max_window_sample=150, min_window_sample=100, port=0)
+    monitor = DriftMonitor(settings, lambda v: reference)
+    server = MonitorServer(monitor.metrics.registry, monitor.reports, host="127.0.0.1", port=0).start()
+    ensure_topics(kafka)
+    # Windows after the clock's current one: only traffic closes them, so the test decides when.
+    start = time.time() + 3600
+    start -= start % 3600
+    log = EventLog(kafka, source="test-service")
+    log.start()
+    sent = 0
+    for window, (shift, words, count) in enumerate(((0.0, WORDS, 150), (1.5, DOMAIN_WORDS, 150), (0.0, WORDS, 5))):
+        rows = synthetic_rows(count, rng, shift, words)
+        for i in range(count):
+            at = datetime.fromtimestamp(start + window * 3600 + i, timezone.utc)
+            log.publish_prediction(prediction_event(rows, i, version=version).model_copy(
+                update={"request_id": f"w{window}-{i}", "timestamp": at}))
+            sent += 1
+    if not log.flush(timeout=30):
+        raise RuntimeError("the predictions did not reach the broker")
+    log.close()
+    loop = ConsumeLoop(monitor)
+    observed = {"outcome": "observed"}
+    with EventConsumer(kafka, ["predictions"], group_id=f"monitor-{uuid.uuid4().hex[:8]}") as consumer:
+        deadline = time.monotonic() + 60
+        while monitor.metrics.registry.get_sample_value("tuneloop_monitor_events_total", observed) < sent:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the monitor did not read every prediction in 60 s")
+            loop.step(consumer, poll_timeout_ms=500)
+        loop.step(consumer, poll_timeout_ms=500)  # one more poll: the lag after everything was read
     return monitor, server
 
 

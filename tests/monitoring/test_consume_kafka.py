@@ -64,6 +64,7 @@ def test_monitor_cli_consumes_predictions_and_publishes_drift(tmp_path, kafka_br
     port = free_port()
     env = {
         **os.environ,
+        "TUNELOOP_MONITOR__WINDOW_MODE": "count",
         "TUNELOOP_MONITOR__WINDOW_SIZE": "100",
         "TUNELOOP_MONITOR__WINDOW_STEP": "100",
         "TUNELOOP_KAFKA__SPOOL_DIR": str(tmp_path / "spool"),
@@ -146,7 +147,7 @@ def test_consume_loop_skips_each_poison_event_alone_and_observes_every_good_one(
     send_raw(event_settings, values, topic=event_settings.predictions_topic)
 
     monitor = DriftMonitor(
-        MonitorSettings(window_size=20, window_step=20), only_v1(reference), keep_reports=False
+        MonitorSettings(window_mode="count", window_size=20, window_step=20), only_v1(reference), keep_reports=False
     )
     counted = monitor.metrics.registry.get_sample_value
     consumer = EventConsumer(event_settings, ["predictions"], group_id=f"monitor-{uuid.uuid4().hex[:8]}")

@@ -54,7 +54,7 @@ def test_each_unusable_prediction_is_skipped_alone_and_counted():
     rng = np.random.default_rng(8)
     reference = reference_from_arrays("v1", LABELS, synthetic_rows(200, rng))
     monitor = DriftMonitor(
-        MonitorSettings(window_size=20, window_step=20), only_v1(reference), keep_reports=False
+        MonitorSettings(window_mode="count", window_size=20, window_step=20), only_v1(reference), keep_reports=False
     )
     loop = ConsumeLoop(monitor)
     topic = f"predictions-{uuid.uuid4().hex[:8]}"
@@ -90,7 +90,7 @@ def test_events_drive_drift_started_and_ended_model_events(input_mode):
     rng = np.random.default_rng(7)
     reference = reference_from_arrays("v1", LABELS, synthetic_rows(300, rng))
     event_log = RecordingEventLog()
-    settings = MonitorSettings(window_size=100, window_step=100, drift_end_after=1)
+    settings = MonitorSettings(window_mode="count", window_size=100, window_step=100, drift_end_after=1)
     monitor = DriftMonitor(
         settings, lambda v: reference, events=EventLogDriftSink(event_log), keep_reports=False
     )
@@ -145,6 +145,9 @@ class ScriptedConsumer:
         self.rewound.append(handled)
         self.script.insert(0, Batch(events=batch.events[handled:]))
 
+    def lag(self) -> dict:
+        return {}  # no broker behind it
+
     def commit(self, batch: Batch) -> None:
         if batch.events:
             self.committed.append([e.data.request_id for e in batch.events])
@@ -156,15 +159,15 @@ def test_a_failing_step_is_supervised_and_rereads_only_what_was_not_observed():
     monitor = DriftMonitor(MonitorSettings(), lambda v: reference, keep_reports=False)
     rows = synthetic_rows(3, rng)
     events = [through_kafka_envelope(prediction_event(rows, i)) for i in range(3)]
-    observe, calls = monitor.observe, []
+    offer, calls = monitor.offer, []
 
-    def observe_failing_once(observation, model_name=None):
-        calls.append(observation)
+    def offer_failing_once(version, timestamp, build, model_name=None):
+        calls.append(version)
         if len(calls) == 2:  # the second event, the first time: a bug, or the disk filled up
             raise RuntimeError("observing failed")
-        return observe(observation, model_name)
+        return offer(version, timestamp, build, model_name)
 
-    monitor.observe = observe_failing_once
+    monitor.offer = offer_failing_once
     stop = threading.Event()
     consumer = ScriptedConsumer([Batch(events=list(events)), ConnectionError("broker gone")], stop)
     errors = {"thread": "tuneloop-monitor-consumer"}

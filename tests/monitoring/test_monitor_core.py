@@ -77,7 +77,7 @@ def test_drift_episode_starts_and_ends_once():
     rng = np.random.default_rng(1)
     reference = reference_from_arrays("v1", ["negative", "positive"], synthetic_rows(300, rng))
     sink = RecordingSink()
-    settings = MonitorSettings(window_size=100, window_step=100, drift_end_after=2)
+    settings = MonitorSettings(window_mode="count", window_size=100, window_step=100, drift_end_after=2)
     monitor = DriftMonitor(settings, lambda v: reference, events=sink, keep_reports=False)
     phases = [(0.0, None, 2), (1.5, DOMAIN_WORDS, 3), (0.0, None, 3)]
     flags = []
@@ -99,7 +99,7 @@ def test_without_logged_texts_the_text_signals_stay_silent():
     rng = np.random.default_rng(2)
     reference = reference_from_arrays("v1", ["negative", "positive"], synthetic_rows(200, rng))
     monitor = DriftMonitor(
-        MonitorSettings(window_size=50, window_step=50), lambda v: reference, keep_reports=False
+        MonitorSettings(window_mode="count", window_size=50, window_step=50), lambda v: reference, keep_reports=False
     )
     rows = synthetic_rows(50, rng)
     evaluation = [e for i in range(50) if (e := monitor.observe(_obs(rows, i, text=False)))][0]
@@ -144,7 +144,7 @@ def _changed(observation, **fields):
 def test_an_observation_that_does_not_fit_the_reference_never_enters_the_window(bad, reason):
     rng = np.random.default_rng(6)
     reference = reference_from_arrays("v1", ["negative", "positive"], synthetic_rows(200, rng))
-    settings = MonitorSettings(window_size=20, window_step=20)
+    settings = MonitorSettings(window_mode="count", window_size=20, window_step=20)
     monitor = DriftMonitor(settings, lambda v: reference, keep_reports=False)
     rows = synthetic_rows(21, rng)
     evaluations = [e for i in range(10) if (e := monitor.observe(_obs(rows, i)))]
@@ -163,7 +163,7 @@ def test_an_observation_that_does_not_fit_the_reference_never_enters_the_window(
 def test_idle_versions_are_forgotten_with_their_series():
     rng = np.random.default_rng(4)
     reference = reference_from_arrays("v1", ["negative", "positive"], synthetic_rows(100, rng))
-    settings = MonitorSettings(window_size=20, window_step=20, idle_version_s=60)
+    settings = MonitorSettings(window_mode="count", window_size=20, window_step=20, idle_version_s=60)
     monitor = DriftMonitor(settings, lambda v: reference, keep_reports=False)
     rows = synthetic_rows(20, rng)
     for i in range(20):

@@ -22,6 +22,11 @@ MONITOR_FAMILIES = {
     "tuneloop_drift_window_fill",
     "tuneloop_drift_last_evaluation_timestamp_seconds",
     "tuneloop_drift_evaluation_duration_seconds",
+    "tuneloop_drift_window_predictions",
+    "tuneloop_drift_not_enough_data",
+    "tuneloop_monitor_window_seconds",
+    "tuneloop_monitor_consumer_lag",
+    "tuneloop_monitor_consumer_lag_seconds",
 }
 
 

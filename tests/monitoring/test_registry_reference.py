@@ -23,7 +23,7 @@ def test_monitor_reads_a_trained_versions_reference(tmp_path, tiny_bert, small_a
     # Replaying the reference itself must not look like drift.
     data = sample.data
     n = len(data)
-    monitor = DriftMonitor(MonitorSettings(window_size=n, window_step=n), references, keep_reports=False)
+    monitor = DriftMonitor(MonitorSettings(window_mode="count", window_size=n, window_step=n), references, keep_reports=False)
     evaluations = [
         e
         for i in range(n)
