@@ -122,7 +122,8 @@ class TimeWindow:
 
     Windows are aligned to multiples of ``seconds``. A prediction timestamped past the open window's end
     closes it (the caller evaluates it, then counts the prediction into the next); one timestamped before its
-    start (a late arrival) counts into the open window: it is still traffic to judge.
+    start (a late arrival: another partition a few milliseconds behind, or a backlog read partition by
+    partition) counts into the open window: it is still traffic to judge, a window late.
     """
 
     def __init__(self, seconds: float, max_sample: int, rng: random.Random | None = None) -> None:

@@ -199,9 +199,12 @@ class MonitorSettings(BaseModel):
         200, ge=10, validate_default=True, description="time windows: a window with fewer predictions gives no verdict, only "
         "tuneloop_drift_not_enough_data"
     )
+    # A window closes at its version's first prediction past its end. One whose own traffic stopped (a quiet
+    # service, a version swapped out) closes on other versions' traffic or the clock, this much past its end:
+    # events from several hosts and partitions arrive slightly out of order.
     window_grace_seconds: float = Field(
-        5.0, ge=0, description="time windows: a window closes once traffic this much past its end was seen "
-        "(events from several hosts and partitions arrive slightly out of order)"
+        5.0, ge=0, description="time windows: a window whose own traffic stopped closes once other traffic, "
+        "or the clock when the monitor has caught up, is this much past its end"
     )
     window_size: int = Field(200, ge=10, description="count windows: predictions per window, per model version")
     window_step: int = Field(
