@@ -133,7 +133,10 @@ def main() -> None:
     env = {**os.environ, "TUNELOOP_REGISTRY": str(args.registry), "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092",
            "TUNELOOP_SPOOL_DIR": str(work / "spool"), "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
            "TUNELOOP_ADAPTER__STORE_URL": f"sqlite:///{work / 'labels.db'}",
-           "TUNELOOP_ADAPTER__WORKDIR": str(work / "adapter"), "TUNELOOP_ADAPTER__TICK_S": "2"}
+           "TUNELOOP_ADAPTER__WORKDIR": str(work / "adapter"), "TUNELOOP_ADAPTER__TICK_S": "2",
+           # The demo sends each domain as one burst and reads the verdict seconds later: count windows judge a
+           # burst at once, where the default 60 s time windows would close only after it.
+           "TUNELOOP_MONITOR__WINDOW_MODE": "count"}
     procs = []
     service = "http://127.0.0.1:13000"
     try:
