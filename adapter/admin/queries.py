@@ -97,12 +97,11 @@ class DriftState(BaseModel):
 
 def version_rows(registry: Registry) -> list[VersionRow]:
     rows = []
-    for summary in registry.list_versions():
-        card = registry.card(summary.version)
+    for summary in registry.list_versions():  # one read of each card: the summary carries the gates' verdict
         rows.append(VersionRow(version=summary.version, model_name=summary.model_name, state=State(summary.state),
                                created_at=summary.created_at, parent_version=summary.parent_version,
                                strategy=summary.strategy, accuracy=summary.metrics.get("accuracy"),
-                               gates_passed=card.gates.passed if card.gates else None))
+                               gates_passed=summary.gates_passed))
     return sorted(rows, key=lambda r: int(r.version[1:]) if r.version[1:].isdigit() else 0, reverse=True)
 
 

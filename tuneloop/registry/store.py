@@ -90,6 +90,7 @@ class VersionSummary:
     parent_version: str | None
     strategy: str
     metrics: dict[str, float]
+    gates_passed: bool | None = None  # None: not judged by the adapter's gates
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -231,6 +232,7 @@ class Registry:
                     parent_version=card.parent_version,
                     strategy=card.strategy,
                     metrics=metrics,
+                    gates_passed=card.gates.passed if card.gates else None,
                 )
             )
         return summaries
