@@ -104,12 +104,7 @@ class TokenBook:
             raise NotAuthenticatedError("no admin tokens are configured (adapter.admin_tokens_file)")
         if not token:
             raise NotAuthenticatedError("a bearer token is required")
-        with self._lock:
-            try:
-                self._reload()
-            except TokenFileError:
-                pass  # keep the last good list while a rotation is half written
-            entries = list(self._entries)
+        entries = self._current_entries()
         digest = hash_token(token)
         found = None
         for entry in entries:  # every entry compared, so the time taken says nothing about which matched
@@ -121,12 +116,16 @@ class TokenBook:
 
     def still_valid(self, name: str, role: Role) -> bool:
         """Whether a signed-in session's name still holds that role (its token may have been revoked since)."""
+        return any(e.name == name and e.role is role for e in self._current_entries())
+
+    def _current_entries(self) -> list[TokenEntry]:
+        """The file's entries, re-read if it changed; the last good list while a rotation is half written."""
         with self._lock:
             try:
                 self._reload()
             except TokenFileError:
                 pass
-            return any(e.name == name and e.role is role for e in self._entries)
+            return list(self._entries)
 
 
 def add_token(path: Path, name: str, role: Role) -> str:
