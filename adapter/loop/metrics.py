@@ -14,6 +14,8 @@ FEEDBACK = Counter("tuneloop_adapter_feedback_total", "Feedback events, by what 
 FEEDBACK_DELAY = Histogram("tuneloop_adapter_feedback_delay_seconds", "Feedback time minus prediction time, "
                            "per example", buckets=(1, 10, 60, 600, 3600, 6 * 3600, 86400, 7 * 86400))
 TRIGGERS = Counter("tuneloop_adapter_triggers_total", "Retrainings asked for, by why", ["kind"])
+TRIGGERS_MERGED = Counter("tuneloop_adapter_triggers_merged_total", "Drift triggers merged into one already "
+                          "waiting for the same model version, not recorded", ["kind"])
 RETRAININGS = Counter("tuneloop_adapter_retrainings_total", "Retrainings, by outcome", ["outcome"])
 RUNNING = Gauge("tuneloop_adapter_retraining_running", "1 while this process retrains")
 RETRAIN_SECONDS = Histogram("tuneloop_adapter_retraining_duration_seconds", "Wall time of one retraining",
@@ -23,7 +25,8 @@ WAITING = Gauge("tuneloop_adapter_candidate_waiting_seconds", "Age of the oldest
                 "(0: none waits)")
 WEBHOOK = Counter("tuneloop_adapter_webhook_requests_total", "Alert notifications received, by answer", ["status"])
 
-TRIGGER_KINDS = ("drift_alert", "drift_event", "label_volume", "schedule", "manual")
+DRIFT_KINDS = ("drift_alert", "drift_event")
+TRIGGER_KINDS = (*DRIFT_KINDS, "label_volume", "schedule", "manual")
 RETRAIN_OUTCOMES = ("awaiting_approval", "rejected", "production", "failed", "interrupted")
 
 
@@ -33,5 +36,7 @@ def initialise() -> None:
         FEEDBACK.labels(outcome)
     for kind in TRIGGER_KINDS:
         TRIGGERS.labels(kind)
+    for kind in DRIFT_KINDS:
+        TRIGGERS_MERGED.labels(kind)
     for outcome in RETRAIN_OUTCOMES:
         RETRAININGS.labels(outcome)

@@ -18,15 +18,15 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from filelock import FileLock, Timeout
 from sqlalchemy import (JSON, Column, DateTime, Engine, Integer, MetaData, String, Table, Text, create_engine,
-                        delete, func, select, text, update)
+                        delete, exists, func, literal, select, text, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -95,6 +95,8 @@ JOINED, WAITED, PENDING, DUPLICATE, UNUSABLE, UNMATCHED = ("joined", "waited", "
 FEEDBACK_OUTCOMES = (JOINED, WAITED, PENDING, DUPLICATE, UNUSABLE, UNMATCHED)
 # pg_try_advisory_lock's key for "one retraining at a time": any constant all replicas agree on.
 RETRAIN_LOCK_KEY = int.from_bytes(hashlib.sha256(b"tuneloop-retrain").digest()[:8], "big", signed=True)
+# pg_advisory_xact_lock's key for "check for a waiting trigger, then record one" across adapters.
+TRIGGER_LOCK_KEY = int.from_bytes(hashlib.sha256(b"tuneloop-triggers").digest()[:8], "big", signed=True)
 
 
 def utc(moment: datetime) -> datetime:
@@ -118,6 +120,13 @@ class Trigger:
     kind: str
     detail: dict[str, Any]
     at: datetime
+
+
+class Recorded(NamedTuple):
+    """A trigger asked for: the one recorded, or the waiting one it was merged into."""
+
+    id: int
+    merged: bool
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,30 @@ class LabelStore:
         with self._transaction() as conn:
             return conn.execute(triggers.insert().values(kind=kind, detail=_jsonable(detail),
                                                          at=datetime.now(timezone.utc))).inserted_primary_key[0]
+
+    def add_version_trigger(self, kind: str, detail: dict[str, Any], merge_with: Collection[str]) -> Recorded:
+        """Record a trigger for ``detail["model_version"]`` unless a trigger of a kind in ``merge_with`` waits
+        for that version already: then it is merged into the oldest such one, and nothing is written."""
+        version = triggers.c.detail["model_version"].as_string()
+        waiting = (triggers.c.run_id.is_(None), triggers.c.kind.in_(merge_with),
+                   version == str(detail["model_version"]))
+        row = select(literal(kind, String), literal(_jsonable(detail), JSON),
+                     literal(datetime.now(timezone.utc), DateTime(timezone=True))).where(~exists().where(*waiting))
+        with self._transaction() as conn:
+            if conn.dialect.name == "postgresql":
+                # Read committed: two adapters could each find nothing waiting and both insert. SQLite takes
+                # its write lock before the statement reads, which makes the one statement below enough there.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": TRIGGER_LOCK_KEY})
+            # A run may take the waiting trigger between the two statements (it does not hold the lock): the
+            # next round records this one then.
+            while True:
+                inserted = conn.execute(triggers.insert().from_select(["kind", "detail", "at"], row)
+                                        .returning(triggers.c.id)).first()
+                if inserted is not None:
+                    return Recorded(inserted[0], merged=False)
+                oldest = conn.execute(select(func.min(triggers.c.id)).where(*waiting)).scalar_one()
+                if oldest is not None:
+                    return Recorded(oldest, merged=True)
 
     def triggers(self) -> list[Trigger]:
         """Every trigger recorded, waiting or taken."""

@@ -7,11 +7,16 @@ takes it (adapter/loop/retrain.py): a trigger that comes without enough fresh la
 - ``label_volume``: this many fresh examples since the last retraining;
 - ``schedule``: a cron expression;
 - ``manual``: ``tuneloop retrain``, or an operator through the admin API.
+
+A drift trigger for a model version that already has one waiting is merged into it, not recorded: several
+monitor replicas each announce the same drift, Alertmanager repeats a firing alert, and the alert and the
+event report one drift twice. One retraining answers them all.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +29,8 @@ from adapter.loop import metrics
 from adapter.loop.policy import TriggerPolicy
 from adapter.loop.store import LabelStore
 from tuneloop.events.schemas import ModelEvent
+
+log = logging.getLogger(__name__)
 
 DRIFT_ALERT = "TuneloopDriftDetected"
 
@@ -75,6 +82,17 @@ class Triggers:
         metrics.TRIGGERS.labels(kind).inc()
         return self.store.add_trigger(kind, detail)
 
+    def _add_drift(self, kind: str, detail: dict[str, Any]) -> int:
+        """The trigger recorded, or the waiting one for the same model version that it was merged into."""
+        recorded = self.store.add_version_trigger(kind, detail, merge_with=metrics.DRIFT_KINDS)
+        if recorded.merged:
+            metrics.TRIGGERS_MERGED.labels(kind).inc()
+            log.info("%s for model version %s merged into waiting trigger %d", kind, detail["model_version"],
+                     recorded.id)
+        else:
+            metrics.TRIGGERS.labels(kind).inc()
+        return recorded.id
+
     def on_alerts(self, notification: AlertNotification) -> list[int]:
         """One trigger per drifting model version of a notification (Alertmanager groups them that way)."""
         if not self.policy.on_drift:
@@ -83,14 +101,14 @@ class Triggers:
         for alert in notification.alerts:
             if alert.status == "firing" and alert.labels.get("alertname") == DRIFT_ALERT:
                 by_version.setdefault(alert.labels.get("model_version", "?"), []).append(alert.labels.get("signal", "?"))
-        return [self._add("drift_alert", {"model_version": version, "signals": sorted(signals)})
+        return [self._add_drift("drift_alert", {"model_version": version, "signals": sorted(signals)})
                 for version, signals in by_version.items()]
 
     def on_model_event(self, event: ModelEvent) -> int | None:
         if event.kind != "drift_started" or not self.policy.on_drift:
             return None
-        return self._add("drift_event", {"model_version": event.version, "signals": event.transition or "",
-                                         "reason": event.reason})
+        return self._add_drift("drift_event", {"model_version": event.version, "signals": event.transition or "",
+                                               "reason": event.reason})
 
     def manual(self, actor: str, reason: str) -> int:
         return self._add("manual", {"actor": actor, "reason": reason})

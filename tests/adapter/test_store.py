@@ -3,7 +3,9 @@ unmatched feedback, and one retraining at a time across processes that share the
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -119,6 +121,39 @@ def test_triggers_wait_until_a_run_takes_them_and_return_if_it_fails(store_url: 
     finished = store.runs("failed")[0]
     assert finished.detail == {"fresh": 10, "error": "boom"}
     assert store.last_trigger("manual").detail == {"actor": "alice"}
+
+
+DRIFT = ("drift_alert", "drift_event")
+
+
+def test_a_drift_trigger_merges_into_one_waiting_for_its_version(store_url: str) -> None:
+    store = LabelStore(store_url)
+    first = store.add_version_trigger("drift_event", {"model_version": "v1", "signals": "embedding"}, DRIFT)
+    again = store.add_version_trigger("drift_event", {"model_version": "v1", "signals": "text_oov"}, DRIFT)
+    alert = store.add_version_trigger("drift_alert", {"model_version": "v1", "signals": ["embedding"]}, DRIFT)
+    other = store.add_version_trigger("drift_event", {"model_version": "v2"}, DRIFT)
+    assert not first.merged and again == alert == (first.id, True) and not other.merged
+    assert [(t.kind, t.detail["model_version"]) for t in store.waiting_triggers()] == [
+        ("drift_event", "v1"), ("drift_event", "v2")]
+    # Once a run took it, the same version's next drift is a new question.
+    store.start_run("adapter-1", [first.id], {})
+    later = store.add_version_trigger("drift_event", {"model_version": "v1"}, DRIFT)
+    assert not later.merged and later.id not in (first.id, other.id)
+
+
+def test_concurrent_drift_triggers_for_one_version_record_one(store_url: str) -> None:
+    """Adapters sharing a store, each told of the same drift at once, record it once."""
+    stores = [LabelStore(store_url) for _ in range(6)]
+    start = threading.Barrier(len(stores))
+
+    def ask(store: LabelStore):
+        start.wait()
+        return store.add_version_trigger("drift_event", {"model_version": "v1"}, DRIFT)
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        answers = list(pool.map(ask, stores))
+    assert sorted(a.merged for a in answers) == [False] + [True] * 5
+    assert len({a.id for a in answers}) == 1 and len(stores[0].waiting_triggers()) == 1
 
 
 def test_a_bad_url_is_a_store_error() -> None:

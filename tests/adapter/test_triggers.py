@@ -10,11 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from adapter.loop.policy import AdapterPolicy, TriggerPolicy
 from adapter.loop.service import AdapterService
 from adapter.loop.store import LabelStore
-from adapter.loop.triggers import Triggers
+from adapter.loop import metrics
+from adapter.loop.triggers import AlertNotification, Triggers
 from tests.conftest import ROOT
 from tuneloop.events.schemas import ModelEvent
 from tuneloop.settings import load_settings
@@ -94,6 +96,29 @@ def test_drift_events_volume_and_schedule(tmp_path: Path) -> None:
     assert [t.kind for t in store.waiting_triggers()] == ["drift_event", "label_volume", "schedule"]
     quiet = Triggers(store, TriggerPolicy(on_drift=False, label_volume=None))
     assert quiet.on_model_event(drift) is None and quiet.check_volume(10_000) is None
+
+
+def merged(kind: str) -> float:
+    return REGISTRY.get_sample_value("tuneloop_adapter_triggers_merged_total", {"kind": kind}) or 0
+
+
+def test_two_monitors_announcing_one_drift_ask_for_one_retraining(tmp_path: Path) -> None:
+    """Monitor replicas in one consumer group each publish drift_started for the version; Alertmanager's
+    webhook reports it too. One trigger waits; the others are counted as merged."""
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
+    triggers = Triggers(store, TriggerPolicy())
+    before = {kind: merged(kind) for kind in metrics.DRIFT_KINDS}
+    replicas = [ModelEvent(kind="drift_started", version="v1", transition=signal, actor=f"tuneloop-monitor-{n}")
+                for n, signal in enumerate(["embedding", "text_oov"])]
+    ids = [triggers.on_model_event(event) for event in replicas]
+    ids += triggers.on_alerts(AlertNotification.model_validate(notification(signal="embedding")))
+    (waiting,) = store.waiting_triggers()
+    assert ids == [waiting.id] * 3 and waiting.detail["signals"] == "embedding"
+    assert {kind: merged(kind) - before[kind] for kind in before} == {
+        "drift_event": 1, "drift_alert": 1}
+    # Another version's drift is its own trigger.
+    assert triggers.on_model_event(replicas[0].model_copy(update={"version": "v2"})) != waiting.id
+    assert len(store.waiting_triggers()) == 2
 
 
 def test_tuneloop_retrain_records_a_manual_trigger(tmp_path: Path) -> None:
