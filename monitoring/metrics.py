@@ -67,6 +67,11 @@ class MonitorMetrics:
             "The span of a time window (monitor.window_seconds); 0 with count windows.",
             registry=r,
         )
+        self.window_size = Gauge(
+            "tuneloop_monitor_window_size",
+            "Predictions per count window (monitor.window_size); 0 with time windows.",
+            registry=r,
+        )
         self.last_evaluation = Gauge(
             "tuneloop_drift_last_evaluation_timestamp_seconds",
             "When the last window was evaluated.",

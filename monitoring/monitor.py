@@ -95,8 +95,11 @@ class DriftMonitor:
         self._ids = itertools.count(1)
         self._observed = self.metrics.events.labels("observed")
         self._next_due = float("inf")  # the earliest event time at which some version's time window closes
+        # The lag alert compares the lag with a window: seconds for time windows, events for count windows.
         if settings.window_mode == "time":
             self.metrics.window_seconds.set(settings.window_seconds)
+        else:
+            self.metrics.window_size.set(settings.window_size)
 
     # ------------------------------------------------------------------ feeding
     def observe(self, observation: Observation, model_name: str | None = None) -> Evaluation | None:

@@ -95,6 +95,20 @@ def test_drift_episode_starts_and_ends_once():
     assert episode == 0 and not monitor.is_drifting("v1")
 
 
+@pytest.mark.parametrize(
+    ("settings", "seconds", "size"),
+    [(MonitorSettings(window_seconds=90), 90, 0),
+     (MonitorSettings(window_mode="count", window_size=300), 0, 300)],
+    ids=["time", "count"],
+)
+def test_the_window_the_lag_alert_compares_with_is_exported_for_either_mode(settings, seconds, size):
+    """TuneloopMonitorLagging reads the lag against the mode's window: a 0 for the other mode keeps its branch
+    out (monitoring/prometheus/rules_test.yml)."""
+    monitor = DriftMonitor(settings, lambda v: None, keep_reports=False)
+    value = monitor.metrics.registry.get_sample_value
+    assert (value("tuneloop_monitor_window_seconds"), value("tuneloop_monitor_window_size")) == (seconds, size)
+
+
 def test_without_logged_texts_the_text_signals_stay_silent():
     rng = np.random.default_rng(2)
     reference = reference_from_arrays("v1", ["negative", "positive"], synthetic_rows(200, rng))

@@ -25,6 +25,7 @@ MONITOR_FAMILIES = {
     "tuneloop_drift_window_predictions",
     "tuneloop_drift_not_enough_data",
     "tuneloop_monitor_window_seconds",
+    "tuneloop_monitor_window_size",
     "tuneloop_monitor_consumer_lag",
     "tuneloop_monitor_consumer_lag_seconds",
 }
