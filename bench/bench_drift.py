@@ -1,11 +1,12 @@
 """Drift monitor benchmark: detection delay and false alarms per signal, and what an evaluation costs.
 
-    .venv/bin/python bench/bench_drift.py [--streams 3] [--out bench/results/drift.md]
+    .venv/bin/python bench/bench_drift.py [--window-mode time|count] [--streams 3] [--out PATH]
 
 Data: ../shared/data/sentiment-labelled-sentences (read in place). The model is MiniLM fine-tuned on the
 amazon sentences by `tuneloop train`, at the default validation fraction and at the demo's (trained once into
 bench/.work/, reused by later runs); the traffic is what a real `tuneloop serve` of it logged on Kafka
-(tests/monitoring/corpus.py). Uses the monitor's default settings (MonitorSettings), i.e. exactly what ships.
+(tests/monitoring/corpus.py). Uses the monitor's default settings (MonitorSettings), i.e. exactly what ships,
+in either window mode: time (the default; bench/results/drift-time-windows.md) or count (bench/results/drift.md).
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ VERSIONS = {"default": DEFAULT_VALIDATION_FRACTION, "demo": DEMO_VALIDATION_FRAC
 
 IN_DOMAIN_WINDOWS = 20
 AFTER_WINDOWS = 3
+DEFAULT_OUT = {"time": "drift-time-windows.md", "count": "drift.md"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=3, help="independent streams per shifted domain")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "drift.md")
+    parser.add_argument("--window-mode", choices=sorted(DEFAULT_OUT), default=MonitorSettings().window_mode)
+    parser.add_argument("--out", type=Path, help="default: bench/results/drift-time-windows.md or drift.md")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / DEFAULT_OUT[args.window_mode]
     warnings.filterwarnings("ignore")
 
     started = time.perf_counter()
@@ -62,7 +66,7 @@ def main() -> None:
 
 
 def _measure(args, scenario, label: str, fraction: float) -> str:
-    settings = MonitorSettings()
+    settings = MonitorSettings(window_mode=args.window_mode)
     signals = [name for name, o in settings.signals.items() if o.get("enabled", True)]
     stats = {
         name: {"fa": 0, "n": 0, "delays": {"yelp": [], "imdb": []}, "null_scores": [], "shift_scores": []}
@@ -131,8 +135,8 @@ def _header(args, elapsed: float) -> str:
     return "\n".join([
         "# Drift monitor: detection and cost",
         "",
-        f"`bench/bench_drift.py --streams {args.streams}`, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other work: timings are noisy), run time {elapsed:.0f} s.",
+        f"`bench/bench_drift.py --window-mode {args.window_mode} --streams {args.streams}`, "
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores (shared with other work: timings are noisy), run time {elapsed:.0f} s.",
         "",
         "The model: MiniLM-L6 fine-tuned on the amazon sentences by `tuneloop train` (test fraction 0.4, max "
         "length 64), once at the default validation fraction and once at the demo's. The reference sample is "
@@ -142,6 +146,16 @@ def _header(args, elapsed: float) -> str:
         "`tuneloop.predictions` as the monitor receives them (ONNX embeddings, float16 on the wire).",
         "",
     ])
+
+
+def _window_text(settings: MonitorSettings) -> str:
+    if settings.window_mode == "count":
+        return (f"the shipped count windows (`window_mode: count`) — window {settings.window_size} predictions, "
+                f"evaluated every {settings.window_step}")
+    # corpus.run_stream fills each time window with twice the sample so that the reservoir has a choice.
+    return (f"the shipped time windows (`window_mode: time`) — each window holds "
+            f"{2 * settings.max_window_sample} distinct predictions of which the reservoir evaluates "
+            f"{settings.max_window_sample}, windows do not overlap")
 
 
 def _markdown(args, settings, signals, stats, durations, totals, memory, scenario, label, fraction) -> str:
@@ -154,18 +168,20 @@ def _markdown(args, settings, signals, stats, durations, totals, memory, scenari
     lines = [
         f"## Validation fraction {fraction} (`{label}`): a reference of {len(scenario.reference['texts'])} rows",
         "",
-        f"- Settings: the shipped defaults — window {settings.window_size} predictions, evaluated every "
-        f"{settings.window_step}; signals and thresholds as in `MonitorSettings.DEFAULT_SIGNALS`.",
+        f"- Settings: {_window_text(settings)}; signals and thresholds as in `MonitorSettings.DEFAULT_SIGNALS`.",
         "- The served model's accuracy on the traffic: "
         + ", ".join(f"{name} {acc:.3f}" for name, acc in accuracy.items()) + ".",
         f"- In-domain traffic: {IN_DOMAIN_WINDOWS} evaluations per stream drawn from the 400 held-out "
         "sentences. The pool is smaller than the traffic, so sentences recur: drawn at random, with the "
         "constraint that no window holds a sentence twice (a duplicate inside a window lets the embedding "
-        "classifier memorise it, which distinct real requests don't). Windows overlap (sliding) and the "
-        "streams reuse one pool, so the false-alarm counts are not independent trials.",
+        "classifier memorise it, which distinct real requests don't). "
+        + ("Windows overlap (sliding) and the" if settings.window_mode == "count" else "The")
+        + " streams reuse one pool, so the false-alarm counts are not independent trials.",
         "- Switch: after the in-domain part the stream continues with random yelp or imdb sentences "
         f"({AFTER_WINDOWS} evaluations). Delay 1 = the first evaluation after the switch (its window is half "
-        "shifted), 2 = the second (fully shifted).",
+        "shifted"
+        + ("" if settings.window_mode == "count" else ": the switch falls mid-window")
+        + "), 2 = the second (fully shifted).",
         f"- {args.streams} streams per shifted domain, different seeds: {stats['any']['n']} in-domain "
         "evaluations in all.",
         "",
