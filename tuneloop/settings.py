@@ -170,8 +170,9 @@ class MonitorSettings(BaseModel):
     DEFAULT_SIGNALS: ClassVar[dict[str, dict[str, Any]]] = {
         # Evidently's domain-classifier AUC; 0.5 = indistinguishable. Held-out traffic stays < 0.61.
         "embedding": {"method": "model", "threshold": 0.7},
-        # Predicted label shares; PSI 0.1 is the textbook "moderate shift" line.
-        "prediction": {"method": "psi", "threshold": 0.1},
+        # Predicted label shares; PSI 0.1-0.25 is the textbook "moderate" band. Held-out traffic reached
+        # 0.104 in time windows against a 250-row reference: a 0.1 threshold raised a false alarm.
+        "prediction": {"method": "psi", "threshold": 0.15},
         # Top-class probability; normed Wasserstein (in reference standard deviations). On the fine-tuned
         # model, held-out traffic reached 0.34 against a 101-row reference, shifted domains 0.44 and more.
         "confidence": {"method": "wasserstein", "threshold": 0.4},
