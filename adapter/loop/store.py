@@ -305,8 +305,9 @@ class LabelStore:
         version = triggers.c.detail["model_version"].as_string()
         waiting = (triggers.c.run_id.is_(None), triggers.c.kind.in_(merge_with),
                    version == str(detail["model_version"]))
-        row = select(literal(kind, String), literal(_jsonable(detail), JSON),
-                     literal(datetime.now(timezone.utc), DateTime(timezone=True))).where(~exists().where(*waiting))
+        now = literal(datetime.now(timezone.utc), DateTime(timezone=True))
+        row = select(literal(kind, String), literal(_jsonable(detail), JSON), now)
+        row = row.where(~exists().where(*waiting))
         with self._transaction() as conn:
             if conn.dialect.name == "postgresql":
                 # Read committed: two adapters could each find nothing waiting and both insert. SQLite takes

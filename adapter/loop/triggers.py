@@ -107,8 +107,8 @@ class Triggers:
     def on_model_event(self, event: ModelEvent) -> int | None:
         if event.kind != "drift_started" or not self.policy.on_drift:
             return None
-        return self._add_drift("drift_event", {"model_version": event.version, "signals": event.transition or "",
-                                               "reason": event.reason})
+        detail = {"model_version": event.version, "signals": event.transition or "", "reason": event.reason}
+        return self._add_drift("drift_event", detail)
 
     def manual(self, actor: str, reason: str) -> int:
         return self._add("manual", {"actor": actor, "reason": reason})

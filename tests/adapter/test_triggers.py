@@ -108,7 +108,7 @@ def test_two_monitors_announcing_one_drift_ask_for_one_retraining(tmp_path: Path
     store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
     triggers = Triggers(store, TriggerPolicy())
     before = {kind: merged(kind) for kind in metrics.DRIFT_KINDS}
-    replicas = [ModelEvent(kind="drift_started", version="v1", transition=signal, actor=f"tuneloop-monitor-{n}")
+    replicas = [ModelEvent(kind="drift_started", version="v1", transition=signal, actor=f"monitor-{n}")
                 for n, signal in enumerate(["embedding", "text_oov"])]
     ids = [triggers.on_model_event(event) for event in replicas]
     ids += triggers.on_alerts(AlertNotification.model_validate(notification(signal="embedding")))
