@@ -6,7 +6,7 @@ Data: ../shared/data/sentiment-labelled-sentences (read in place). The model is 
 amazon sentences by `tuneloop train`, at the default validation fraction and at the demo's (trained once into
 bench/.work/, reused by later runs); the traffic is what a real `tuneloop serve` of it logged on Kafka
 (tests/monitoring/corpus.py). Uses the monitor's default settings (MonitorSettings), i.e. exactly what ships,
-in either window mode: time (the default; bench/results/drift-time-windows.md) or count (bench/results/drift.md).
+in either window mode: time (the default; results/drift-time-windows.md) or count (results/drift.md).
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def _header(args, elapsed: float) -> str:
         "# Drift monitor: detection and cost",
         "",
         f"`bench/bench_drift.py --window-mode {args.window_mode} --streams {args.streams}`, "
-        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores (shared with other work: timings are noisy), run time {elapsed:.0f} s.",
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores (shared with other work: "
+        f"timings are noisy), run time {elapsed:.0f} s.",
         "",
         "The model: MiniLM-L6 fine-tuned on the amazon sentences by `tuneloop train` (test fraction 0.4, max "
         "length 64), once at the default validation fraction and once at the demo's. The reference sample is "
@@ -150,8 +151,8 @@ def _header(args, elapsed: float) -> str:
 
 def _window_text(settings: MonitorSettings) -> str:
     if settings.window_mode == "count":
-        return (f"the shipped count windows (`window_mode: count`) — window {settings.window_size} predictions, "
-                f"evaluated every {settings.window_step}")
+        return (f"the shipped count windows (`window_mode: count`) — window {settings.window_size} "
+                f"predictions, evaluated every {settings.window_step}")
     # corpus.run_stream fills each time window with twice the sample so that the reservoir has a choice.
     return (f"the shipped time windows (`window_mode: time`) — each window holds "
             f"{2 * settings.max_window_sample} distinct predictions of which the reservoir evaluates "
@@ -168,7 +169,8 @@ def _markdown(args, settings, signals, stats, durations, totals, memory, scenari
     lines = [
         f"## Validation fraction {fraction} (`{label}`): a reference of {len(scenario.reference['texts'])} rows",
         "",
-        f"- Settings: {_window_text(settings)}; signals and thresholds as in `MonitorSettings.DEFAULT_SIGNALS`.",
+        f"- Settings: {_window_text(settings)}; signals and thresholds as in "
+        "`MonitorSettings.DEFAULT_SIGNALS`.",
         "- The served model's accuracy on the traffic: "
         + ", ".join(f"{name} {acc:.3f}" for name, acc in accuracy.items()) + ".",
         f"- In-domain traffic: {IN_DOMAIN_WINDOWS} evaluations per stream drawn from the 400 held-out "
