@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 from kafka import KafkaProducer
 from prometheus_client import REGISTRY
@@ -29,7 +30,7 @@ def poison(good: Envelope) -> list[tuple[str, bytes | None, str]]:
     """(name, value, reason) of every kind of malformed message, built around a good event's value."""
     data = json.loads(good.value)["data"]
     return [
-        ("invalid UTF-8", good.value.replace(b'"data": {', b'"data": {"\xff\xfe": 1, '), "bad_utf8"),
+        ("invalid UTF-8", re.sub(rb'"data":\s*\{', b'"data": {"\xff\xfe": 1, ', good.value, count=1), "bad_utf8"),
         ("data_base64 not UTF-8", with_attributes(good, data=None, data_base64=base64.b64encode(b"\xff\xfe").decode()),
          "bad_utf8"),
         ("not JSON", b"not json", "bad_json"),

@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_structured_event
 
 from tests.events.factories import prediction
 from tests.events.poison import poison, with_attributes
@@ -50,3 +51,14 @@ def test_a_time_the_fast_path_cannot_vet_is_the_cloudevents_parsers_call() -> No
     with pytest.raises(BadEventError) as raised:
         unwrap(with_attributes(GOOD, time="2026-11-30"), "predictions", 0, 7)  # a date alone
     assert raised.value.reason == "not_cloudevent"
+
+
+def test_the_cloudevents_sdk_reads_what_wrap_writes() -> None:
+    """wrap writes the structured layout by hand: the SDK's own parser is the judge of it."""
+    event = from_structured_event(KafkaMessage(headers={}, key=None, value=GOOD.value))
+    assert (event.get_id(), event.get_type(), event.get_source()) == (GOOD.event_id, "io.tuneloop.prediction.v1", "test")
+    assert event.get_specversion() == "1.0" and event.get_datacontenttype() == "application/json"
+    assert event.get_time().tzinfo is not None
+    sent = json.loads(prediction(1).model_dump_json())
+    assert {**event.get_data(), "timestamp": sent["timestamp"]} == sent
+    assert GOOD.key == prediction(1).key().encode()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from cloudevents.core.base import BaseCloudEvent
-from cloudevents.core.bindings.kafka import KafkaMessage, from_structured_event, to_structured_event
-from cloudevents.core.v1.event import CloudEvent
+from cloudevents.core.bindings.kafka import KafkaMessage, from_structured_event
 from pydantic import ValidationError
 
 from tuneloop.events.errors import BadEventError
@@ -39,12 +39,20 @@ class ReceivedEvent:
 
 
 def wrap(data: EventData, source: str) -> Envelope:
-    event = CloudEvent(attributes={"type": data.event_type, "source": source,
-                                   "datacontenttype": "application/json"},
-                       data=json.loads(data.model_dump_json()))
-    message = to_structured_event(event, key_mapper=lambda _: data.key())
-    key = message.key.encode() if isinstance(message.key, str) else (message.key or b"")
-    return Envelope(kind=data.topic_kind, key=key, value=message.value, event_id=event.get_id())
+    """``data`` as a structured CloudEvent 1.0: the attributes and the data in one JSON object.
+
+    Written directly rather than through the CloudEvents SDK, whose event object and serialiser cost ~55 µs an
+    event (the data dumped, parsed back and dumped again; the attributes validated), more than the rest of
+    an event's way to the broker. The layout is the SDK's, which reads it back (tests/events/test_envelope.py).
+    """
+    event_id = str(uuid.uuid4())
+    value = orjson.dumps({
+        "specversion": "1.0", "id": event_id, "source": source, "type": data.event_type,
+        "datacontenttype": "application/json",
+        "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "data": orjson.Fragment(data.model_dump_json()),
+    })
+    return Envelope(kind=data.topic_kind, key=data.key().encode(), value=value, event_id=event_id)
 
 
 def unwrap(value: bytes | None, topic: str = "", partition: int = -1, offset: int = -1) -> ReceivedEvent:
