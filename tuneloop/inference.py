@@ -6,6 +6,7 @@ transports on top), so that what is checked before promotion is exactly what is 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from scipy.special import softmax as _softmax
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tuneloop.settings import Spinning
@@ -107,6 +109,11 @@ class BucketRun:
 # (3.5× fewer texts/s measured with the CPU's figure), so at this size a batch is never split there.
 RUN_OVERHEAD_TOKENS = {"CPUExecutionProvider": 16, "CUDAExecutionProvider": 4096}
 
+# The most texts one batch takes, by provider, where ``serving.max_batch_size`` is not set. Two CPU cores gain
+# nothing past 32 (a run's cost grows with its rows), while on an H200 a batch of 128 MiniLM texts costs about
+# what one text does: there the cap only limits what load can fill (bench/RESULTS.md).
+MAX_BATCH_TEXTS = {"CPUExecutionProvider": 32, "CUDAExecutionProvider": 256}
+
 
 def plan_length_buckets(lengths: np.ndarray, max_batch: int,
                         run_overhead_tokens: int = RUN_OVERHEAD_TOKENS["CPUExecutionProvider"]) -> list[np.ndarray]:
@@ -114,25 +121,46 @@ def plan_length_buckets(lengths: np.ndarray, max_batch: int,
 
     Sorted by length, then split where it pays: a batch costs one run's fixed overhead (expressed in
     padded tokens) plus rows × its longest row. Dynamic programming over the sorted lengths finds the
-    cheapest cut; with at most a few dozen texts per batch that is microseconds. The overhead of 16
-    tokens measured best among 4–256 on MiniLM-L6 with two CPU threads (bench/RESULTS.md).
+    cheapest cut, each step vectorised over the candidate starts, so a batch of 256 plans in about a
+    millisecond. The overhead of 16 tokens measured best among 4–256 on MiniLM-L6 with two CPU threads
+    (bench/RESULTS.md).
     """
     order = np.argsort(lengths, kind="stable")
-    sorted_len = lengths[order]
+    sorted_len = np.asarray(lengths, dtype=np.float64)[order]
     n = len(order)
+    if n == 0:
+        return []
+    # Any split pays a second run's overhead and saves at most the whole batch's padding: when the overhead
+    # is the larger, one bucket is the optimum (a GPU's batch, nearly always) and the search is skipped.
+    if n <= max_batch and run_overhead_tokens >= n * sorted_len[-1] - sorted_len.sum():
+        return [order]
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
     cut = np.zeros(n + 1, dtype=np.int64)
     for end in range(1, n + 1):
-        for start in range(max(0, end - max_batch), end):
-            cost = best[start] + run_overhead_tokens + (end - start) * sorted_len[end - 1]
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
+        first = max(0, end - max_batch)
+        starts = np.arange(first, end)
+        costs = best[first:end] + run_overhead_tokens + (end - starts) * sorted_len[end - 1]
+        k = int(np.argmin(costs))
+        best[end], cut[end] = costs[k], first + k
     buckets, end = [], n
     while end > 0:
         buckets.append(order[cut[end]:end])
         end = cut[end]
     return buckets[::-1]
+
+
+def truncating_encoder(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Tokenizer | None:
+    """The Rust tokenizer behind a fast tokenizer, set to cut at ``max_length`` and never pad; None for a slow
+    one. It gives the ids transformers' ``__call__`` gives (tests/inference), and whether a text was cut (its
+    ``overflowing`` part), for about half the CPU: the wrapper's own Python cost more than the encoding
+    of a short text."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    encoder = copy.deepcopy(tokenizer.backend_tokenizer)
+    encoder.no_padding()
+    encoder.enable_truncation(max_length=max_length)
+    return encoder
 
 
 class OnnxTextClassifier:
@@ -156,6 +184,7 @@ class OnnxTextClassifier:
             log.warning("asked for %s but ONNX Runtime runs %s on %s (see its log for why)",
                         providers[0], onnx_path, self.provider)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self._encoder = truncating_encoder(self.tokenizer, max_length)
         # Our exports fix every dimension but the batch (labels, the encoder's hidden size), so callers can
         # size their output arrays before the first run.
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
@@ -174,6 +203,9 @@ class OnnxTextClassifier:
         return plan_length_buckets(tokens.lengths(), max_batch, overhead)
 
     def tokenize(self, texts: list[str]) -> Tokenized:
+        if self._encoder is not None:
+            encodings = self._encoder.encode_batch(texts)
+            return Tokenized(ids=[e.ids for e in encodings], truncated=[bool(e.overflowing) for e in encodings])
         limit = self.max_length
         ids = self.tokenizer(texts, truncation=True, max_length=limit, return_attention_mask=False,
                              return_token_type_ids=False)["input_ids"]

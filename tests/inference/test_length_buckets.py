@@ -41,6 +41,35 @@ def test_the_gpu_figure_never_splits_a_full_batch_at_the_token_limit() -> None:
     assert len(plan_length_buckets(lengths, max_batch=32, run_overhead_tokens=cuda)) == 1
 
 
+def cheapest_plan_cost(lengths: np.ndarray, max_batch: int, overhead: int) -> float:
+    """The optimum by the plain quadratic recursion over the sorted lengths, written independently."""
+    ordered = sorted(int(n) for n in lengths)
+    best = [0.0] + [float("inf")] * len(ordered)
+    for end in range(1, len(ordered) + 1):
+        for start in range(max(0, end - max_batch), end):
+            best[end] = min(best[end], best[start] + overhead + (end - start) * ordered[end - 1])
+    return best[-1]
+
+
+def test_the_plan_costs_the_optimum_whatever_the_mix_and_overhead() -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        lengths = rng.integers(1, 129, size=int(rng.integers(1, 90)))
+        max_batch = int(rng.choice([1, 4, 32, 256]))
+        overhead = int(rng.choice([0, 16, 200, 4096]))
+        buckets = plan_length_buckets(lengths, max_batch=max_batch, run_overhead_tokens=overhead)
+        assert all(len(b) <= max_batch for b in buckets), trial
+        cost = len(buckets) * overhead + padded_tokens(lengths, buckets)
+        assert cost == cheapest_plan_cost(lengths, max_batch, overhead), trial
+
+
+def test_a_gpu_sized_batch_is_one_run_and_an_empty_one_none() -> None:
+    lengths = np.random.default_rng(2).integers(3, 128, size=256)
+    cuda = RUN_OVERHEAD_TOKENS["CUDAExecutionProvider"]
+    assert len(plan_length_buckets(lengths, max_batch=256, run_overhead_tokens=cuda)) <= 2
+    assert plan_length_buckets(np.array([], dtype=np.int64), max_batch=32) == []
+
+
 def test_a_session_plans_with_its_own_providers_figure_unless_told(served_registry: Path) -> None:
     registry = Registry(served_registry)
     opened = registry.open_version(registry.production())
