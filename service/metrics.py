@@ -12,8 +12,10 @@ from pathlib import Path
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
 
+from tuneloop.metric_series import series_of
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
 REQUESTS = Counter("tuneloop_requests_total", "Requests answered, by route and status", ["route", "status"])
 REQUEST_DURATION = Histogram("tuneloop_request_duration_seconds", "Time from request to response",
@@ -37,6 +39,14 @@ MODEL_LOADED_AT = Gauge("tuneloop_model_loaded_timestamp_seconds", "When the ser
                         multiprocess_mode="livemax")
 SWAPS = Counter("tuneloop_model_swaps_total", "Successful hot swaps")
 SWAP_FAILURES = Counter("tuneloop_model_swap_failures_total", "Hot swaps refused", ["reason"])
+
+
+# Recorded per request or per batch: looked up once per label values.
+REQUESTS_BY = series_of(REQUESTS)
+REQUEST_DURATION_BY = series_of(REQUEST_DURATION)
+INFERENCE_DURATION_BY = series_of(INFERENCE_DURATION)
+BATCH_SIZE_BY = series_of(BATCH_SIZE)
+PREDICTIONS_BY = series_of(PREDICTIONS)
 
 
 def initialise_series(routes: dict[str, tuple[str, ...]], swap_failure_reasons: tuple[str, ...]) -> None:

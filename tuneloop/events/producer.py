@@ -31,12 +31,19 @@ from tuneloop.events.envelope import Envelope, wrap
 from tuneloop.events.metrics import DROPPED, PRODUCED, REPLAYED, SEND_ERRORS, SPOOL_BYTES, SPOOLED
 from tuneloop.events.schemas import EventData, FeedbackEvent, ModelEvent, PredictionEvent
 from tuneloop.events.spool import FolderLock, Spool, claim_folder, orphaned_folders
+from tuneloop.metric_series import series_of
 from tuneloop.settings import KafkaSettings
 from tuneloop.supervision import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# Each event is counted once sent (or spooled, replayed, dropped): the series of each counter looked up once.
+_SERIES = {metric: series_of(metric) for metric in (PRODUCED, SPOOLED, REPLAYED, SEND_ERRORS, DROPPED)}
+
+
+def _series(metric: Any) -> Any:
+    return _SERIES[metric]
 
 
 class EventLog:
@@ -195,7 +202,7 @@ class EventLog:
         return self.spool.bytes + sum(spool.bytes for _, spool in tuple(self._adopted))
 
     def _count(self, name: str, metric: Any, topic: str) -> None:
-        metric.labels(topic).inc()
+        _series(metric)(topic).inc()
         with self._counts_lock:
             self._counts[name] += 1
 
