@@ -39,6 +39,7 @@ import numpy as np
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
+from service.batching import BatchLimits
 from service.classify_schema import ClassifyResponse, PredictionOut
 from service.model import load_served_model
 from tuneloop.inference import softmax
@@ -48,6 +49,7 @@ from tuneloop.settings import get_settings
 # BentoML's logger tree is the one `bentoml serve` prints.
 log = logging.getLogger("bentoml.bench.batchable")
 SERVING = get_settings().serving
+MAX_BATCH = BatchLimits.from_settings(SERVING).max_batch_texts
 REGISTRY = os.environ["BATCHABLE_REGISTRY"]  # a registry root, as `tuneloop serve --registry`
 VERSION = os.environ.get("BATCHABLE_VERSION")  # unset: the registry's production version
 LOG_BATCHES = os.environ.get("BATCHABLE_LOG_BATCHES", "") not in ("", "0", "false")
@@ -95,7 +97,7 @@ class Batchable:
         self._counts_lock = threading.Lock()
         log.info("batchable: serving %s %s (%s, %s); max_batch_size=%d max_latency_ms=%d",
                  self.served.model_name, version, self.served.provider, self.served.precision,
-                 SERVING.max_batch_size, MAX_LATENCY_MS)
+                 MAX_BATCH, MAX_LATENCY_MS)
 
     @bentoml.on_shutdown
     def report(self) -> None:
@@ -106,7 +108,7 @@ class Batchable:
         log.info("batchable: %d batches, %d texts, %.2f texts per batch; batches by size: %s",
                  batches, texts, texts / batches if batches else 0.0, sizes)
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=SERVING.max_batch_size,
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH,
                  max_latency_ms=MAX_LATENCY_MS)
     def infer(self, texts: list[str]) -> list[Row]:
         """The texts of every request BentoML merged into this batch, in one list; rows in the same order.
@@ -116,7 +118,7 @@ class Batchable:
         clf = self.served.classifier
         tokens = clf.tokenize(texts)
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        for run in clf.run_buckets(tokens, SERVING.max_batch_size, SERVING.bucket_run_overhead_tokens):
+        for run in clf.run_buckets(tokens, MAX_BATCH, SERVING.bucket_run_overhead_tokens):
             logits[run.rows] = run.logits
         with self._counts_lock:
             self.batch_sizes[len(texts)] += 1

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_serving import bench_texts, ensure_model  # noqa: E402
+from service.batching import BatchLimits  # noqa: E402
 from tests.server_process import ServerProcess, process_tree, tree_cpu_seconds  # noqa: E402
 from tuneloop.settings import get_settings  # noqa: E402
 
@@ -383,10 +384,10 @@ def main() -> None:
     args = parser.parse_args()
     ensure_model(args.registry)
     requests = requests_for(bench_texts())
-    queue_texts = args.queue_texts or get_settings().serving.max_queue_texts
+    queue_texts = args.queue_texts or BatchLimits.from_settings(get_settings().serving).max_queue_texts
     env = {"TUNELOOP_SERVING__MAX_QUEUE_TEXTS": str(queue_texts), **dict(e.split("=", 1) for e in args.env)}
     work = Path(tempfile.mkdtemp(prefix="tuneloop-overload-"))
-    with ServerProcess(args.registry, work / "service.log", grpc=False, env=env) as server:
+    with ServerProcess(args.registry, work / "service.log", grpc=False, env=env, poll_interval_s=None) as server:
         result = asyncio.run(run(server, requests, args))
     table = report(result, args, queue_texts)
     args.out.parent.mkdir(parents=True, exist_ok=True)

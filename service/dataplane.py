@@ -19,7 +19,7 @@ import numpy as np
 from service.batching import BatchOutput, MicroBatcher
 from service.errors import (ClientDisconnectedError, InvalidInputError, ModelNotFoundError, ServiceError,
                             TextTooLongError)
-from service.metrics import INFLIGHT, REQUEST_DURATION, REQUESTS
+from service.metrics import INFLIGHT, REQUEST_DURATION_BY, REQUESTS_BY
 from service.model import ServedModel
 from service.swap import ModelManager
 from tuneloop.settings import ServingSettings
@@ -74,7 +74,7 @@ class DataPlane:
     def backlogged(self) -> bool:
         """More texts wait than one batch takes: a request queued now waits for whole batches before its
         own, long enough for a client to give up on it."""
-        return self.batcher.queued_texts >= self.settings.max_batch_size
+        return self.batcher.queued_texts >= self.batcher.max_batch_size
 
     def model(self, name: str | None = None, version: str | None = None) -> ServedModel:
         """The served model, checked against the name (and version) a caller asked for."""
@@ -117,13 +117,13 @@ class DataPlane:
 
     async def classify(self, texts: object) -> ClassifyResult:
         """Raises OverloadedError at once when the batcher's queue is full. Cancelling the caller (a gRPC
-        deadline, a disconnected HTTP client) cancels the batcher's future too (asyncio.wrap_future chains
-        them), so a request still queued is dropped before the model runs it."""
+        deadline, a disconnected HTTP client) cancels the batcher's future too, so a request still queued is
+        dropped before the model runs it."""
         checked = self.validate(texts)
         if self.settings.on_too_long == "reject":
             self._reject_over_token_limit(checked)
         started = time.perf_counter()
-        return self._finish(checked, await asyncio.wrap_future(self.batcher.submit(checked)), started)
+        return self._finish(checked, await self.batcher.infer(checked), started)
 
     def _finish(self, texts: list[str], output: BatchOutput, started: float) -> ClassifyResult:
         labels = output.model.labels
@@ -163,8 +163,8 @@ def track_request(route: str, cancelled: str = "499") -> Iterator[dict[str, str]
         raise
     finally:
         INFLIGHT.dec()
-        REQUEST_DURATION.labels(route).observe(time.perf_counter() - started)
-        REQUESTS.labels(route, outcome["status"]).inc()
+        REQUEST_DURATION_BY(route).observe(time.perf_counter() - started)
+        REQUESTS_BY(route, outcome["status"]).inc()
 
 
 T = TypeVar("T")

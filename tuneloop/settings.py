@@ -81,10 +81,16 @@ class ServingSettings(BaseModel):
     # Overload is refused early rather than queued forever (docs/runbooks.md). An admitted request waits at most
     # about max_queue_texts / throughput: ~1 s on two CPU cores, a fraction of that on a GPU (bench/RESULTS.md).
     max_body_bytes: int = Field(4 << 20, ge=1024, description="largest request body (HTTP and gRPC); 413 past it")
-    max_queue_texts: int = Field(256, ge=1, description="texts waiting for the model; past it, 503 / RESOURCE_EXHAUSTED")
+    max_queue_texts: int | None = Field(
+        None, ge=1, description="texts waiting for the model; past it, 503 / RESOURCE_EXHAUSTED. None: eight "
+        "batches' worth (max_batch_size × 8)")
     retry_after_s: int = Field(1, ge=1, description="the Retry-After an overloaded service answers with")
-    max_batch_size: int = Field(32, ge=1)
-    max_latency_ms: float = Field(2.0, ge=0, description="longest a batch waits for more requests")
+    max_batch_size: int | None = Field(
+        None, ge=1, description="most texts in one batch. None: the provider's figure, "
+        "tuneloop.inference.MAX_BATCH_TEXTS (32 on the CPU, 256 on CUDA)")
+    max_latency_ms: float = Field(
+        2.0, ge=0, description="longest a batch waits for more requests, and only while it is smaller than the "
+        "recent batches; a request alone with the model never waits")
     intra_op_threads: int = Field(0, ge=0, description="0: one per core")
     # Spinning between runs burns the core the event loop needs then (+13–18% requests/s at concurrency 32
     # without it); spinning within a run makes a lone request ~1.2 ms faster (bench/RESULTS.md).

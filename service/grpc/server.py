@@ -26,13 +26,13 @@ from google.protobuf.message import Message
 
 import tuneloop
 from service import oip
+from service.batching import BatchLimits
 from service.dataplane import DataPlane, track_request
 from service.errors import ServiceError
 from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.oip import model_metadata, server_metadata
-from tuneloop.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,12 @@ async def _answer(method: str, context: Ctx, work: Callable[[], R | Awaitable[R]
     return response
 
 
-def max_concurrent_rpcs(settings: ServingSettings) -> int:
+def max_concurrent_rpcs(limits: BatchLimits) -> int:
     """Calls grpcio lets in at once; past it it answers RESOURCE_EXHAUSTED before any Python runs. Every
     admitted ModelInfer call holds at least one text in the batcher's queue or in the running batch, so no
     more than ``max_queue_texts + max_batch_size`` of them wait on the model; the limit is twice that, so
     the queue refuses the excess first, with a reason and a count, and grpcio only a flood beyond it."""
-    return 2 * (settings.max_queue_texts + settings.max_batch_size)
+    return 2 * (limits.max_queue_texts + limits.max_batch_texts)
 
 
 def _address(host: str, port: int) -> str:
@@ -160,7 +160,7 @@ class GrpcServer:
         settings = dataplane.settings
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", settings.max_body_bytes)],
-            maximum_concurrent_rpcs=max_concurrent_rpcs(settings),
+            maximum_concurrent_rpcs=max_concurrent_rpcs(dataplane.batcher.limits),
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
         try:

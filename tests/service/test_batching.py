@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from scipy.special import softmax
 
-from service.batching import BatchOutput, MicroBatcher
+from service.batching import BatchLimits, BatchOutput, MicroBatcher
 from service.errors import OverloadedError
 from service.model import ServedModel, load_served_model
 from tuneloop.registry import Registry
@@ -154,3 +155,44 @@ def test_stop_answers_what_was_queued_before_it(served: ServedModel) -> None:
     batcher.start()
     batcher.stop()
     assert all(len(f.result(timeout=0).probabilities) == 1 for f in futures)
+
+
+def batches_and_texts(served: ServedModel) -> tuple[float, float]:
+    return session_runs(served), texts_run(served)
+
+
+def test_a_request_alone_with_the_model_never_waits_for_a_batching_window(served: ServedModel) -> None:
+    """A minute-long window would hold a lone request for a minute if the batcher waited for company."""
+    batcher = MicroBatcher(lambda: served, ServingSettings(max_latency_ms=60_000))
+    batcher.start()
+    for _ in range(3):
+        assert len(batcher.submit([SHORT]).result(timeout=20).probabilities) == 1
+    batcher.stop()
+
+
+def test_after_a_burst_a_batch_waits_for_the_company_the_load_has_been_sending(served: ServedModel) -> None:
+    batcher = MicroBatcher(lambda: served, ServingSettings(max_latency_ms=60_000))
+    burst = [batcher.submit([SHORT]) for _ in range(8)]  # queued before the worker starts: one batch of 8
+    batcher.start()
+    for future in burst:
+        future.result(timeout=20)
+    runs, texts = batches_and_texts(served)
+    # Batches of 1 then 8: the next one expects round((1 + 8) / 2) = 4 texts, and waits (up to the window)
+    # for them.
+    first = batcher.submit([SHORT])
+    later: list[Future] = []
+    threading.Timer(0.3, lambda: later.extend(batcher.submit([SHORT]) for _ in range(3))).start()
+    first.result(timeout=20)
+    assert len(later) == 3 and all(f.result(timeout=20) for f in later)
+    assert batches_and_texts(served) == (runs + 1, texts + 4)  # one run held all four
+    batcher.stop()
+
+
+def test_the_batch_cap_and_the_queue_follow_the_provider_unless_set() -> None:
+    defaults = ServingSettings()
+    assert BatchLimits.for_provider(defaults, "CPUExecutionProvider") == BatchLimits(32, 256)
+    assert BatchLimits.for_provider(defaults, "CUDAExecutionProvider") == BatchLimits(256, 2048)
+    assert BatchLimits.for_provider(defaults, "SomeNewExecutionProvider") == BatchLimits(32, 256)
+    chosen = ServingSettings(max_batch_size=64, max_queue_texts=100)
+    assert BatchLimits.for_provider(chosen, "CUDAExecutionProvider") == BatchLimits(64, 100)
+    assert BatchLimits.for_provider(ServingSettings(max_batch_size=8), "CUDAExecutionProvider") == BatchLimits(8, 64)

@@ -242,13 +242,17 @@ def test_graceful_shutdown_answers_requests_in_flight(served_registry: Path, tmp
     import signal
     import time
 
-    # A batch that waits up to 5 s to fill keeps the requests in flight long enough to signal.
+    # A batch that waits up to 5 s to fill keeps the requests in flight long enough to signal. A batch waits
+    # only while it is smaller than recent ones: after one of 64 texts, the next expects 32 and the 16
+    # requests below wait for the rest.
     proc = ServerProcess(served_registry, tmp_path / "server.log", grpc=False,
                          env={"TUNELOOP_SERVING__MAX_LATENCY_MS": "5000",
                               "TUNELOOP_SERVING__MAX_BATCH_SIZE": "100000"}).start()
+    burst = httpx.post(f"{proc.url}/classify", json={"texts": [f"burst {i}" for i in range(64)]}, timeout=60)
+    assert burst.status_code == 200
 
     def call(i: int) -> tuple[int, float]:
-        r = httpx.post(f"{proc.url}/classify", json={"texts": [f"request {i}", "works fine"]}, timeout=60)
+        r = httpx.post(f"{proc.url}/classify", json={"texts": [f"request {i}"]}, timeout=60)
         return r.status_code, time.monotonic()
 
     def inflight() -> float:
