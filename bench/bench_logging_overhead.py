@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serving import bench_texts, ensure_model, interleaved_rounds, run_wrk, with_cpu  # noqa: E402
+from bench.bench_serving import (bench_texts, ensure_model, interleaved_rounds, run_wrk, with_cpu,  # noqa: E402
+                                 write_results)
 from tests.server_process import ServerProcess  # noqa: E402
 from tuneloop.events.broker import free_port  # noqa: E402
 from tuneloop.events.broker import TansuBroker  # noqa: E402
@@ -47,9 +48,9 @@ def main() -> None:
     down = {"TUNELOOP_KAFKA__ENABLED": "true", "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
             "TUNELOOP_SPOOL_DIR": str(work / "spool-down")}
     servers = {
-        "off": ServerProcess(args.registry, work / "off.log", grpc=False).start(),
-        "on": ServerProcess(args.registry, work / "on.log", grpc=False, env=on).start(),
-        "broker down": ServerProcess(args.registry, work / "down.log", grpc=False, env=down).start(),
+        "off": ServerProcess(args.registry, work / "off.log", grpc=False, poll_interval_s=None).start(),
+        "on": ServerProcess(args.registry, work / "on.log", grpc=False, env=on, poll_interval_s=None).start(),
+        "broker down": ServerProcess(args.registry, work / "down.log", grpc=False, env=down, poll_interval_s=None).start(),
     }
 
     measure = {name: with_cpu(lambda c, d, url=server.url: run_wrk(f"{url}/classify", bodies, c, d),
@@ -76,10 +77,7 @@ def main() -> None:
             lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                          f"{int(r['errors'])} | {r['rps'] / rows['off'][c]['rps']:.2f} | {r['service_cpu_ms']:.2f} | "
                          f"{r['broker_cpu_ms']:.3f} |")
-    table = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
-    print(table)
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

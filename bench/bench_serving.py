@@ -131,7 +131,7 @@ def run_wrk(url: str, texts_file: Path, concurrency: int, duration: int) -> dict
             "p99_ms": int(fields["p99_us"]) / 1000, "errors": int(fields["errors"]) + int(fields["non2xx"])}
 
 
-async def _grpc_load(port: int, name: str, texts: list[str], concurrency: int, duration: float) -> dict[str, float]:
+async def grpc_load(port: int, name: str, texts: list[str], concurrency: int, duration: float) -> dict[str, float]:
     import grpc
 
     from service.grpc import grpc_predict_v2_pb2 as pb
@@ -250,6 +250,14 @@ def start_batchable(registry_root: Path, version: str, log: Path) -> tuple[subpr
                        {"BATCHABLE_REGISTRY": str(registry_root), "BATCHABLE_VERSION": version}, log)
 
 
+def write_results(path: Path, lines: list[str]) -> None:
+    """The results file (its folder made if need be), echoed to the terminal."""
+    table = "\n".join(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
+    print(table)
+
+
 def gpu_name() -> str:
     """", NVIDIA H100 80GB HBM3" where nvidia-smi answers, "" otherwise."""
     try:
@@ -299,7 +307,7 @@ def main() -> None:
     measure: dict[str, Measure] = {}
     try:
         if wanted & {"http", "grpc"}:  # one tuneloop service answers both transports
-            service = ServerProcess(args.registry, work / "service.log", args=["--workers", str(args.workers)]).start()
+            service = ServerProcess(args.registry, work / "service.log", args=["--workers", str(args.workers)], poll_interval_s=None).start()
             started.append(service.stop)
         for variant in VARIANTS:  # the table keeps this order whatever order --variants names
             if variant not in wanted:
@@ -311,10 +319,10 @@ def main() -> None:
                                             {"server": service.proc.pid})
             elif variant == "grpc":
                 measure[variant] = with_cpu(
-                    lambda c, d: asyncio.run(_grpc_load(service.grpc_port, model_name, texts, c, d)),
+                    lambda c, d: asyncio.run(grpc_load(service.grpc_port, model_name, texts, c, d)),
                     {"server": service.proc.pid})
             elif variant == "http+bentoml-obs":
-                service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed).start()
+                service_obs = ServerProcess(args.registry, work / "service-obs.log", grpc=False, env=observed, poll_interval_s=None).start()
                 started.append(service_obs.stop)
                 measure[variant] = with_cpu(lambda c, d: run_wrk(f"{service_obs.url}/classify", bodies, c, d),
                                             {"server": service_obs.proc.pid})
@@ -360,10 +368,7 @@ def main() -> None:
             lines.append(f"| {path} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                          f"{int(r['errors'])} | {r['rps'] / best_raw:.2f} | {vs_naive} | "
                          f"{server_cpu:.2f} | {client_cpu} |")
-    table = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
-    print(table)
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -34,29 +34,17 @@ def read_sentences(path: Path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and MiniLM's real tokenizer: trains in a second."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from tests.model_versions import write_tiny_bert
 
-    from adapter.training.base_model import minilm_folder
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizerFast.from_pretrained(minilm_folder())
-    tokenizer.save_pretrained(out)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(out)
-    return out
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
 def small_amazon(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """120 balanced amazon sentences (60 per class) in the shared files' headerless TSV layout."""
-    rows = read_sentences(AMAZON)
-    picked = [r for r in rows if r[1] == "0"][:60] + [r for r in rows if r[1] == "1"][:60]
-    path = tmp_path_factory.mktemp("data") / "small_amazon.txt"
-    path.write_text("".join(f"{t}\t{l}\n" for t, l in picked), encoding="utf-8")
-    return path
+    from tests.model_versions import write_small_amazon
+
+    return write_small_amazon(tmp_path_factory.mktemp("data") / "small_amazon.txt")
 
 
 @pytest.fixture

@@ -47,7 +47,10 @@ def tree_cpu_seconds(root: int) -> float:
 
 class ServerProcess:
     def __init__(self, registry: Path | str, log_path: Path, *, grpc: bool = True, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, poll_interval_s: float | None = 0.2) -> None:
+        """``poll_interval_s``: how often the server looks for a new production version; tests look fast, a
+        benchmark passes None for the shipped default (a look at the registry costs CPU that the rate of a
+        fast poll would add to every request's share)."""
         self.registry = str(registry)
         self.http_port = free_port()
         self.grpc_port = free_port() if grpc else 0
@@ -55,7 +58,8 @@ class ServerProcess:
         # No event log unless a test asks for one (with a broker and a spool folder of its own). A BentoML home
         # of its own: every `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir, which would zero
         # the counters of any other server running at the time.
-        self.env = {**os.environ, "TUNELOOP_SERVING__POLL_INTERVAL_S": "0.2", "TUNELOOP_KAFKA__ENABLED": "false",
+        poll = {} if poll_interval_s is None else {"TUNELOOP_SERVING__POLL_INTERVAL_S": str(poll_interval_s)}
+        self.env = {**os.environ, **poll, "TUNELOOP_KAFKA__ENABLED": "false",
                     "BENTOML_HOME": str(log_path.parent / f"bentoml-{self.http_port}"), **(env or {})}
         self.args = args or []
         self.proc: subprocess.Popen | None = None
