@@ -21,7 +21,7 @@ COLUMN = "predicted_label"
 
 class PredictionConfig(SignalConfig):
     method: str = "psi"  # any Evidently categorical drift method: psi, jensenshannon, chisquare, ...
-    threshold: float = 0.1
+    threshold: float = 0.15  # as MonitorSettings.DEFAULT_SIGNALS, where the measured reason is
 
 
 class PredictionSignal(Signal):
