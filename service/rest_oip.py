@@ -116,57 +116,59 @@ async def _read_binary(request: Request) -> tuple[InferenceRequest, list[Tensor]
     return body, rest_binary.decode_inputs(body.inputs, data)
 
 
-async def _infer(request: Request, name: str, version: str | None,
-                 body: InferenceRequest | None) -> InferenceResponse | Response:
-    """The REST side of ``oip.infer`` for both encodings: ``body`` is FastAPI's parse of a JSON body, or
-    None for a body in the binary tensor data extension, decoded here (inside the request's metrics, so a
-    bad one counts). Decoding a request includes its binary output flags, checked before the work."""
+async def _read_json(request: Request) -> tuple[InferenceRequest, list[Tensor]]:
+    """A JSON body, parsed and validated by pydantic in one pass from its bytes."""
+    try:
+        body = InferenceRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid request: {describe_validation_errors(exc.errors())}") from None
+    return body, [Tensor(i.name, i.datatype, i.shape, i.data) for i in body.inputs]
+
+
+async def _infer(request: Request) -> Response:
+    """The REST side of ``oip.infer`` for both encodings, decoded here (inside the request's metrics, so a bad
+    body counts). Decoding a request includes its binary output flags, checked before the work."""
+    params = request.path_params
     with track_request("/v2/models/{name}/infer"):
-        if body is None:
-            body, inputs = await _read_binary(request)
-        else:
-            inputs = [Tensor(i.name, i.datatype, i.shape, i.data) for i in body.inputs]
+        binary_body = rest_binary.is_binary_request(request.headers)
+        body, inputs = await (_read_binary(request) if binary_body else _read_json(request))
         requested = [o.name for o in body.outputs] if body.outputs else None
         binary = rest_binary.binary_outputs(body.parameters, body.outputs, requested or OUTPUT_NAMES)
         plane = dataplane(request)
-        answer = await until_disconnected(request.receive, oip.infer(plane, name, version, inputs, requested),
-                                          watch=plane.backlogged)
+        answer = await until_disconnected(
+            request.receive, oip.infer(plane, params["name"], params.get("version"), inputs, requested),
+            watch=plane.backlogged)
         header = {"model_name": answer.model_name, "model_version": answer.model_version,
                   "id": body.id or uuid.uuid4().hex}
         if binary:
             content, header_length = rest_binary.encode_response(header, answer.outputs, binary)
             return Response(content, media_type=rest_binary.OCTET_STREAM,
                             headers={"Inference-Header-Content-Length": str(header_length)})
-        return InferenceResponse(**header, outputs=[
+        response = InferenceResponse(**header, outputs=[
             ResponseOutput(name=t.name, shape=t.shape, datatype=t.datatype, data=t.data)
             for t in answer.outputs])
+        return Response(response.model_dump_json(), media_type="application/json")
 
 
 class InferRoute(APIRoute):
-    """An infer route that also reads the binary tensor data extension. A JSON body takes FastAPI's usual
-    path (parsing, validation, errors); a body with Inference-Header-Content-Length, or an octet stream,
-    isn't JSON, so it skips FastAPI's body parsing and reaches the same ``_infer``, which decodes it."""
+    """An infer route whose endpoint FastAPI documents (its body and response models) but does not run: the
+    handler reads the body itself, JSON or in the binary tensor data extension (a body with
+    Inference-Header-Content-Length, or an octet stream), as service/classify.py's route does. FastAPI's own
+    path parsed the JSON, validated the dict, solved the dependencies and validated the answer again before
+    dumping it, at about twice the CPU of the whole route (bench/RESULTS.md)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        json_handler = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            if not rest_binary.is_binary_request(request.headers):
-                return await json_handler(request)
-            params = request.path_params
-            answer = await _infer(request, params["name"], params.get("version"), None)
-            return answer if isinstance(answer, Response) else JSONResponse(answer.model_dump(mode="json"))
-
-        return handler
+        return _infer
 
 
-async def infer(request: Request, name: str, body: InferenceRequest) -> InferenceResponse | Response:
-    return await _infer(request, name, None, body)
+async def infer(request: Request, name: str, body: InferenceRequest) -> InferenceResponse:
+    """Documented by FastAPI, run by ``InferRoute`` (``_infer``)."""
+    raise NotImplementedError
 
 
-async def infer_version(request: Request, name: str, version: str,
-                        body: InferenceRequest) -> InferenceResponse | Response:
-    return await _infer(request, name, version, body)
+async def infer_version(request: Request, name: str, version: str, body: InferenceRequest) -> InferenceResponse:
+    """Documented by FastAPI, run by ``InferRoute`` (``_infer``)."""
+    raise NotImplementedError
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -108,7 +108,7 @@ GOOD = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["fine"]}
         ("/v2/models/sentiment/infer", {"inputs": [GOOD], "outputs": [{"name": "x"}]}, 400, "unknown output"),
         ("/v2/models/sentiment/infer", b"not json", 400, "invalid request"),
         ("/v2/models/sentiment/infer", b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", '
-         b'"data": ["\xff\xfe"]}]}', 400, "not JSON in UTF-8"),  # invalid UTF-8
+         b'"data": ["\xff\xfe"]}]}', 400, "Invalid JSON: invalid unicode code point at line 1"),  # invalid UTF-8
         ("/feedback", b'{"request_id": "\xff"}', 400, "not JSON in UTF-8"),
         ("/classify", ("multipart/form-data", b'{"texts": ["x"]}'), 415, "send application/json"),
         ("/v2/models/sentiment/infer", ("text/plain", b"hello"), 415, "send application/json"),
