@@ -28,22 +28,15 @@ from typing import Any
 
 from tuneloop.events.client_config import ensure_topics, producer_config, topic_names
 from tuneloop.events.envelope import Envelope, wrap
-from tuneloop.events.metrics import DROPPED, PRODUCED, REPLAYED, SEND_ERRORS, SPOOL_BYTES, SPOOLED
+from tuneloop.events.metrics import OUTCOMES, SPOOL_BYTES
 from tuneloop.events.schemas import EventData, FeedbackEvent, ModelEvent, PredictionEvent
 from tuneloop.events.spool import FolderLock, Spool, claim_folder, orphaned_folders
-from tuneloop.metric_series import series_of
 from tuneloop.settings import KafkaSettings
 from tuneloop.supervision import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-# Each event is counted once sent (or spooled, replayed, dropped): the series of each counter looked up once.
-_SERIES = {metric: series_of(metric) for metric in (PRODUCED, SPOOLED, REPLAYED, SEND_ERRORS, DROPPED)}
-
-
-def _series(metric: Any) -> Any:
-    return _SERIES[metric]
 
 
 class EventLog:
@@ -88,8 +81,8 @@ class EventLog:
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         for topic in self.topics.values():  # every series shows from the start, at 0
-            for metric in (PRODUCED, SPOOLED, REPLAYED, SEND_ERRORS, DROPPED):
-                metric.labels(topic)
+            for series in OUTCOMES.values():
+                series(topic)
         SPOOL_BYTES.set(self._spool_bytes())
 
     # ------------------------------------------------------------------ the request side
@@ -201,8 +194,8 @@ class EventLog:
         """This process's spool and the adopted ones it is replaying."""
         return self.spool.bytes + sum(spool.bytes for _, spool in tuple(self._adopted))
 
-    def _count(self, name: str, metric: Any, topic: str) -> None:
-        _series(metric)(topic).inc()
+    def _count(self, name: str, topic: str) -> None:
+        OUTCOMES[name](topic).inc()
         with self._counts_lock:
             self._counts[name] += 1
 
@@ -264,9 +257,9 @@ class EventLog:
 
     def _on_success(self, topic: str, replay: bool, _metadata: Any) -> None:
         if replay:
-            self._count("replayed", REPLAYED, topic)
+            self._count("replayed", topic)
         else:
-            self._count("produced", PRODUCED, topic)
+            self._count("produced", topic)
         with self._unacked_lock:
             self._unacked -= 1
 
@@ -274,7 +267,7 @@ class EventLog:
         self._on_failure(envelope, exc, spool)
 
     def _on_failure(self, envelope: Envelope, exc: BaseException, spool: bool) -> None:
-        self._count("send_errors", SEND_ERRORS, self.topics[envelope.kind])
+        self._count("send_errors", self.topics[envelope.kind])
         with self._route_lock:
             if not self._spooling:
                 log.warning("event broker unavailable (%s: %s); spooling events to %s",
@@ -288,9 +281,9 @@ class EventLog:
     def _to_spool(self, envelope: Envelope) -> None:
         topic = self.topics[envelope.kind]
         if self.spool.append(envelope):  # False: over the cap or the disk refused it, logged once per episode
-            self._count("spooled", SPOOLED, topic)
+            self._count("spooled", topic)
         else:
-            self._count("dropped", DROPPED, topic)
+            self._count("dropped", topic)
         SPOOL_BYTES.set(self._spool_bytes())
 
     def _to_spool_safely(self, data: EventData) -> None:
@@ -299,7 +292,7 @@ class EventLog:
             self._to_spool(wrap(data, self.source))
         except Exception:
             log.exception("event log: could not spool a %s", type(data).__name__)
-            self._count("dropped", DROPPED, self.topics.get(getattr(data, "topic_kind", ""), "unknown"))
+            self._count("dropped", self.topics.get(getattr(data, "topic_kind", ""), "unknown"))
 
     # ------------------------------------------------------------------ connecting and replaying
     def _connect(self) -> bool:
