@@ -141,14 +141,11 @@ def answer(answers: list[tuple[_Pending, Outcome]]) -> None:
 
 
 class MicroBatcher:
-    def __init__(self, current_model: Callable[[], ServedModel], settings: ServingSettings,
-                 limits: BatchLimits | None = None) -> None:
+    def __init__(self, current_model: Callable[[], ServedModel], settings: ServingSettings) -> None:
         self._current_model = current_model
         self.run_overhead_tokens = settings.bucket_run_overhead_tokens
-        self.limits = limits or BatchLimits.from_settings(settings)
-        self.max_batch_size = self.limits.max_batch_texts
+        self.limits = BatchLimits.from_settings(settings)
         self.max_latency = settings.max_latency_ms / 1000.0
-        self.max_queue_texts = self.limits.max_queue_texts
         # Texts per batch lately (a moving average): how large a batch the current load fills. A lone client's
         # batches are of one text, so its requests never wait for company.
         self._recent_batch_texts = 1.0
@@ -194,7 +191,7 @@ class MicroBatcher:
         with self._lock:  # as stop() takes it too, nothing is queued behind the stop marker
             stopping, waiting = self._stopping, self._queued_texts
             # An empty queue takes a request of any size: one larger than the limit could never get in.
-            refused = bool(waiting) and waiting + len(texts) > self.max_queue_texts
+            refused = bool(waiting) and waiting + len(texts) > self.limits.max_queue_texts
             if not (stopping or refused):
                 self._queued_texts = waiting + len(texts)
                 self._queue.put(_Pending(texts, future, time.perf_counter(), loop))
@@ -204,7 +201,7 @@ class MicroBatcher:
             REJECTED.labels("queue_full").inc()
             QUEUED_TEXTS.set(waiting)  # a full queue shows even while the worker is stuck in a batch
             raise OverloadedError(f"overloaded: {waiting} texts are waiting for the model (the limit is "
-                                  f"{self.max_queue_texts}); retry in {self.retry_after_s} s",
+                                  f"{self.limits.max_queue_texts}); retry in {self.retry_after_s} s",
                                   self.retry_after_s)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -243,8 +240,8 @@ class MicroBatcher:
         ``max_latency`` after ``first`` was queued; past that size take only what is already queued."""
         batch, size = [first], len(first.texts)
         deadline = first.enqueued + self.max_latency
-        expected = min(self.max_batch_size, round(self._recent_batch_texts))
-        while size < self.max_batch_size:
+        expected = min(self.limits.max_batch_texts, round(self._recent_batch_texts))
+        while size < self.limits.max_batch_texts:
             item = self._take(deadline if size < expected else 0.0)  # 0.0: a deadline long past, no wait
             if item is None:
                 break
@@ -298,7 +295,7 @@ class MicroBatcher:
     def _run_buckets(self, model: ServedModel, tokens: Tokenized, result: _BatchResult) -> Iterator[np.ndarray]:
         """Fill ``result`` one length bucket at a time, shortest first, and yield each bucket's rows (indices
         into the batch's texts) once they are filled."""
-        for run in model.classifier.run_buckets(tokens, self.max_batch_size, self.run_overhead_tokens):
+        for run in model.classifier.run_buckets(tokens, self.limits.max_batch_texts, self.run_overhead_tokens):
             INFERENCE_DURATION_BY(model.version).observe(run.seconds)
             BATCH_SIZE_BY(model.version).observe(len(run.rows))
             # Here rather than once per request on the event loop, which every transport waits on.

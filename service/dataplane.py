@@ -74,7 +74,7 @@ class DataPlane:
     def backlogged(self) -> bool:
         """More texts wait than one batch takes: a request queued now waits for whole batches before its
         own, long enough for a client to give up on it."""
-        return self.batcher.queued_texts >= self.batcher.max_batch_size
+        return self.batcher.queued_texts >= self.batcher.limits.max_batch_texts
 
     def model(self, name: str | None = None, version: str | None = None) -> ServedModel:
         """The served model, checked against the name (and version) a caller asked for."""
