@@ -67,6 +67,10 @@ def test_a_gpu_sized_batch_is_one_run_and_an_empty_one_none() -> None:
     lengths = np.random.default_rng(2).integers(3, 128, size=256)
     cuda = RUN_OVERHEAD_TOKENS["CUDAExecutionProvider"]
     assert len(plan_length_buckets(lengths, max_batch=256, run_overhead_tokens=cuda)) <= 2
+    # Padding worth less than one more run (at most 256 × 15 tokens against 4096): one run, the search skipped.
+    narrow = np.random.default_rng(3).integers(100, 116, size=256)
+    assert [sorted(b.tolist()) for b in plan_length_buckets(narrow, max_batch=256, run_overhead_tokens=cuda)] == [
+        list(range(256))]
     assert plan_length_buckets(np.array([], dtype=np.int64), max_batch=32) == []
 
 
