@@ -292,13 +292,15 @@ def test_a_version_whose_file_fails_its_checksum_is_never_swapped_in(fresh_two_v
     before = metric("tuneloop_model_swap_failures_total", reason="verify")
     serving = load_settings(registry=str(fresh_two_versions)).serving.model_copy(update={"poll_interval_s": 0.05})
     manager = ModelManager(registry, serving)
+    assert manager.swap_to("v1")
+    # Promotion verifies the files, so the damage comes after it; the watcher starts only once the file is
+    # damaged, else it could load v2 in between (a race CI lost once).
+    registry.promote("v2", "test", "promoted, then its graph is damaged on disk")
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
     manager.start()
     try:
-        assert wait_for(lambda: manager.ready and manager.current.version == "v1")
-        registry.promote("v2", "test", "promoted, then its graph is damaged on disk")
-        data = bytearray(graph.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        graph.write_bytes(bytes(data))
         assert wait_for(lambda: metric("tuneloop_model_swap_failures_total", reason="verify") > before)
         assert manager.ready and manager.current.version == "v1"
         assert "corrupt" in (manager.last_error or "")
