@@ -54,11 +54,12 @@ class BatchLimits:
 
     max_batch_texts: int
     max_queue_texts: int
+    provider: str  # the ONNX Runtime execution provider they were settled for
 
     @classmethod
     def for_provider(cls, settings: ServingSettings, provider: str) -> BatchLimits:
         batch = settings.max_batch_size or MAX_BATCH_TEXTS.get(provider, MAX_BATCH_TEXTS["CPUExecutionProvider"])
-        return cls(batch, settings.max_queue_texts or QUEUED_BATCHES * batch)
+        return cls(batch, settings.max_queue_texts or QUEUED_BATCHES * batch, provider)
 
     @classmethod
     def from_settings(cls, settings: ServingSettings) -> BatchLimits:
@@ -144,7 +145,8 @@ class MicroBatcher:
     def __init__(self, current_model: Callable[[], ServedModel], settings: ServingSettings) -> None:
         self._current_model = current_model
         self.run_overhead_tokens = settings.bucket_run_overhead_tokens
-        self.limits = BatchLimits.from_settings(settings)
+        self._settings = settings
+        self.limits = BatchLimits.from_settings(settings)  # the provider asked for, until a model is served
         self.max_latency = settings.max_latency_ms / 1000.0
         # Texts per batch lately (a moving average): how large a batch the current load fills. A lone client's
         # batches are of one text, so its requests never wait for company.
@@ -166,6 +168,14 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._worker.start()
+
+    def follow_provider(self, provider: str) -> None:
+        """Take the limits of the provider the served model runs on. ONNX Runtime falls back to the CPU when the
+        CUDA provider cannot start; a CPU given CUDA's batches (256 texts, a 2,048-text queue) would keep
+        admitted requests waiting for seconds."""
+        if provider != self.limits.provider:
+            log.info("batch limits follow the served model onto %s", provider)
+            self.limits = BatchLimits.for_provider(self._settings, provider)
 
     def submit(self, texts: list[str]) -> Future:
         """Queue ``texts`` for the model; the future gets their BatchOutput. Raises OverloadedError, at once,

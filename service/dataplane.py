@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.batching import BatchOutput, MicroBatcher
-from service.errors import (ClientDisconnectedError, InvalidInputError, ModelNotFoundError, ServiceError,
-                            TextTooLongError)
+from service.errors import (ClientDisconnectedError, InvalidInputError, ModelNotFoundError, ModelNotReadyError,
+                            ServiceError, TextTooLongError)
 from service.metrics import INFLIGHT, REQUEST_DURATION_BY, REQUESTS_BY
 from service.model import ServedModel
 from service.swap import ModelManager
@@ -54,6 +54,15 @@ class DataPlane:
         self.settings = settings
         self.batcher = MicroBatcher(lambda: manager.current, settings)
         self.listeners: list[PredictionListener] = []
+        manager.swap_listeners.append(self._on_swap)
+        try:
+            self.batcher.follow_provider(manager.current.classifier.provider)
+        except ModelNotReadyError:
+            pass  # nothing loaded yet: the first swap tells
+
+    def _on_swap(self, kind: str, _model_name: str | None, _version: str, _reason: str) -> None:
+        if kind == "swap":  # the provider is the one the session got, which may not be the one asked for
+            self.batcher.follow_provider(self.manager.current.classifier.provider)
 
     def start(self) -> None:
         self.batcher.start()

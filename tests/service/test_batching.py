@@ -189,10 +189,14 @@ def test_after_a_burst_a_batch_waits_for_the_company_the_load_has_been_sending(s
 
 
 def test_the_batch_cap_and_the_queue_follow_the_provider_unless_set() -> None:
+    def limits(settings: ServingSettings, provider: str) -> tuple[int, int]:
+        found = BatchLimits.for_provider(settings, provider)
+        assert found.provider == provider
+        return found.max_batch_texts, found.max_queue_texts
+
     defaults = ServingSettings()
-    assert BatchLimits.for_provider(defaults, "CPUExecutionProvider") == BatchLimits(32, 256)
-    assert BatchLimits.for_provider(defaults, "CUDAExecutionProvider") == BatchLimits(256, 2048)
-    assert BatchLimits.for_provider(defaults, "SomeNewExecutionProvider") == BatchLimits(32, 256)
-    chosen = ServingSettings(max_batch_size=64, max_queue_texts=100)
-    assert BatchLimits.for_provider(chosen, "CUDAExecutionProvider") == BatchLimits(64, 100)
-    assert BatchLimits.for_provider(ServingSettings(max_batch_size=8), "CUDAExecutionProvider") == BatchLimits(8, 64)
+    assert limits(defaults, "CPUExecutionProvider") == (32, 256)
+    assert limits(defaults, "CUDAExecutionProvider") == (256, 2048)
+    assert limits(defaults, "SomeNewExecutionProvider") == (32, 256)
+    assert limits(ServingSettings(max_batch_size=64, max_queue_texts=100), "CUDAExecutionProvider") == (64, 100)
+    assert limits(ServingSettings(max_batch_size=8), "CUDAExecutionProvider") == (8, 64)

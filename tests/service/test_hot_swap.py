@@ -326,3 +326,26 @@ def test_serve_pins_a_version_runs_its_workers_and_rejects_over_long_texts(regis
             long = http.post("/classify", json={"texts": ["fine", "word " * 100]})
         assert long.status_code == 413
         assert re.search(r"texts\[1\] has \d+ tokens; the model reads at most 32", long.json()["error"])
+
+
+def test_the_batch_limits_follow_the_provider_the_model_runs_on(fresh_two_versions: Path, monkeypatch) -> None:
+    """ONNX Runtime falls back to the CPU when the CUDA provider cannot start. The limits settled for the
+    provider asked for (CUDA's here, as on a GPU machine whose CUDA then failed) give way to the CPU's once a
+    model is served."""
+    from service import batching
+    from service.batching import BatchLimits
+    from service.dataplane import DataPlane
+    from service.swap import ModelManager
+    from tuneloop.settings import load_settings
+
+    asked = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(batching, "choose_providers", lambda _: asked)
+    serving = load_settings(registry=str(fresh_two_versions)).serving
+    manager = ModelManager(Registry(fresh_two_versions), serving)
+    unloaded = DataPlane(manager, serving)
+    cuda, cpu = (BatchLimits.for_provider(serving, provider) for provider in asked)
+    assert unloaded.batcher.limits == cuda  # nothing served yet: the provider asked for
+    assert manager.swap_to("v1")
+    assert unloaded.batcher.limits == cpu
+    loaded = DataPlane(manager, serving)  # built over a served model: its provider from the start
+    assert loaded.batcher.limits == cpu
