@@ -189,11 +189,11 @@ def test_a_sender_step_that_raises_is_counted_and_retried(event_settings: KafkaS
     real_next_batch = log._next_batch
     calls = []
 
-    def failing_once():
+    def failing_once(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("injected")
-        return real_next_batch()
+        return real_next_batch(*args, **kwargs)
 
     monkeypatch.setattr(log, "_next_batch", failing_once)
     log.start()

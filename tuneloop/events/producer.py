@@ -29,21 +29,22 @@ from typing import Any
 from tuneloop.events.client_config import ensure_topics, producer_config, topic_names
 from tuneloop.events.envelope import Envelope, wrap
 from tuneloop.events.metrics import OUTCOMES, SPOOL_BYTES
-from tuneloop.events.schemas import EventData, FeedbackEvent, ModelEvent, PredictionEvent
+from tuneloop.events.queueing import STOP, QueuedPublisher
+from tuneloop.events.schemas import EventData
 from tuneloop.events.spool import FolderLock, Spool, claim_folder, orphaned_folders
 from tuneloop.settings import KafkaSettings
 from tuneloop.supervision import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 
 
-class EventLog:
+class EventLog(QueuedPublisher):
     """Publishes events from any thread without blocking it; see the module docstring for the paths."""
 
     def __init__(self, settings: KafkaSettings, source: str = "tuneloop-service",
                  reconnect_interval_s: float | None = None) -> None:
+        super().__init__(settings)
         self.settings = settings
         self.source = source
         self.topics = topic_names(settings)
@@ -57,14 +58,10 @@ class EventLog:
         # Folders of processes that died, held (locked) by us until every event in them is delivered.
         self._adopted: list[tuple[FolderLock, Spool]] = []
         self._next_adoption = 0.0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
-        self._linger_s = settings.linger_ms / 1000
-        self._max_batch = max(1, settings.queue_size // 2)
         self._producer = None
         self._route_lock = threading.Lock()  # "spool or send" and "spool drained" decide under it
         self._stop = threading.Event()
         self._tried_once = threading.Event()  # the first attempt to reach the broker is over, either way
-        self._closed = False
         try:
             self._adopt_orphans()
         except OSError as exc:  # a sibling folder we may not read: the replayer looks again, supervised
@@ -86,23 +83,12 @@ class EventLog:
         SPOOL_BYTES.set(self._spool_bytes())
 
     # ------------------------------------------------------------------ the request side
-    def publish_prediction(self, event: PredictionEvent) -> None:
-        self._publish(event)
+    def publish_envelope(self, envelope: Envelope) -> None:
+        """An event already wrapped (by a ShippedEventLog in the serving process, tuneloop/events/shipper.py)."""
+        self._publish(envelope)
 
-    def publish_feedback(self, event: FeedbackEvent) -> None:
-        self._publish(event)
-
-    def publish_model_event(self, event: ModelEvent) -> None:
-        self._publish(event)
-
-    def _publish(self, data: EventData) -> None:
-        """Never blocks and never raises: a full queue (or a closed log) sends the event to the spool instead."""
-        try:
-            if self._closed:
-                raise queue.Full
-            self._queue.put_nowait(data)
-        except queue.Full:
-            self._to_spool_safely(data)
+    def _overflow(self, data: EventData | Envelope) -> None:
+        self._to_spool_safely(data)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -146,7 +132,7 @@ class EventLog:
         deadline = time.monotonic() + timeout
         if self._started:
             try:  # the sender finishes what is queued before it sees the stop
-                self._queue.put(_STOP, timeout=max(0.1, deadline - time.monotonic()))
+                self._queue.put(STOP, timeout=max(0.1, deadline - time.monotonic()))
             except queue.Full:
                 pass  # it is stuck: what it did not take is spooled below
             self._sender.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -167,7 +153,7 @@ class EventLog:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if item is not STOP:
                 self._to_spool_safely(item)
         self.spool.close()
         SPOOL_BYTES.set(self._spool_bytes())
@@ -202,12 +188,12 @@ class EventLog:
     # ------------------------------------------------------------------ sending
     def _send_step(self) -> float:
         """One batch: every event in it is sent, spooled or counted, whatever happens to the others."""
-        for item in self._next_batch():
+        for item in self._next_batch(self._stop):
             try:
-                if item is _STOP:
+                if item is STOP:
                     self._sender_done.set()  # the events queued before it are still sent
                     continue
-                self._route(wrap(item, self.source))
+                self._route(item if isinstance(item, Envelope) else wrap(item, self.source))
             except Exception:  # one bad event must not cost the rest of its batch
                 log.exception("event log: could not handle %s", type(item).__name__)
                 with self._counts_lock:
@@ -215,22 +201,6 @@ class EventLog:
             finally:
                 self._queue.task_done()
         return 0.0  # the next batch waits on the queue, not on a timer
-
-    def _next_batch(self) -> list[Any]:
-        """Wait for an event, let more gather for ``linger_ms``, then take them all.
-
-        Waking this thread (and through it kafka-python's) once per event cost more CPU than sending
-        the event (bench/RESULTS.md); one wake-up per batch takes that CPU back from inference.
-        """
-        batch = [self._queue.get()]
-        if batch[0] is not _STOP and self._linger_s > 0:
-            self._stop.wait(self._linger_s)  # close() cuts the wait short
-        while len(batch) < self._max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
 
     def _route(self, envelope: Envelope) -> None:
         # Decided and spooled under one lock, so the replayer cannot declare the spool drained between
@@ -286,13 +256,14 @@ class EventLog:
             self._count("dropped", topic)
         SPOOL_BYTES.set(self._spool_bytes())
 
-    def _to_spool_safely(self, data: EventData) -> None:
+    def _to_spool_safely(self, data: EventData | Envelope) -> None:
         """The request-thread path to the spool: a disk error is logged and counted, never raised."""
         try:
-            self._to_spool(wrap(data, self.source))
+            self._to_spool(data if isinstance(data, Envelope) else wrap(data, self.source))
         except Exception:
             log.exception("event log: could not spool a %s", type(data).__name__)
-            self._count("dropped", self.topics.get(getattr(data, "topic_kind", ""), "unknown"))
+            kind = data.kind if isinstance(data, Envelope) else getattr(data, "topic_kind", "")
+            self._count("dropped", self.topics.get(kind, "unknown"))
 
     # ------------------------------------------------------------------ connecting and replaying
     def _connect(self) -> bool:
