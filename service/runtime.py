@@ -14,6 +14,7 @@ from service.event_logging import PredictionLogger, swap_event
 from service.metrics import initialise_series
 from service.swap import ModelManager
 from tuneloop.events.producer import EventLog
+from tuneloop.events.shipper import ShippedEventLog
 from tuneloop.registry import Registry
 from tuneloop.settings import Settings
 
@@ -27,9 +28,10 @@ class ServingRuntime:
         self.manager = ModelManager(self.registry, settings.serving)
         self.dataplane = DataPlane(self.manager, settings.serving)
         self.grpc_server = None
-        self.events: EventLog | None = None
+        self.events: EventLog | ShippedEventLog | None = None
         if settings.kafka.enabled:
-            self.events = EventLog(settings.kafka, source=f"tuneloop-service/{socket.gethostname()}/{os.getpid()}")
+            event_log = ShippedEventLog if settings.kafka.shipper == "process" else EventLog
+            self.events = event_log(settings.kafka, source=f"tuneloop-service/{socket.gethostname()}/{os.getpid()}")
             self.dataplane.listeners.append(PredictionLogger(self.events, settings.kafka))
             events = self.events
             self.manager.swap_listeners.append(

@@ -145,6 +145,9 @@ class KafkaSettings(BaseModel):
     log_inputs: Literal["text", "hash", "none"] = "text"
     log_embeddings: bool = True
     queue_size: int = Field(10_000, ge=1)
+    # Where the producer's Python runs: "thread" in the serving process, "process" in a shipper process beside
+    # it (tuneloop/events/shipper.py), which keeps kafka-python's ~250 µs an event off the requests' GIL.
+    shipper: Literal["thread", "process"] = Field("thread", description="where the event producer runs")
     spool_dir: Path = Path("spool")
     spool_max_bytes: int = Field(1 << 30, ge=1)
     spool_segment_bytes: int = Field(8 << 20, ge=1024)

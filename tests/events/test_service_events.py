@@ -103,14 +103,22 @@ def test_log_inputs_keeps_the_text_out_of_the_events(served_registry: Path, kafk
         assert text not in json.dumps(event.model_dump(mode="json"))
 
 
+@pytest.mark.parametrize("shipper", ["thread", "process"])
 def test_broker_down_at_start_then_every_prediction_arrives(served_registry: Path, broker: TansuBroker,
-                                                            kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=kafka_env(kafka_settings)) as server:
+                                                            kafka_settings: KafkaSettings, tmp_path: Path,
+                                                            shipper: str) -> None:
+    """With either shipper: in the serving process, or in a process beside it whose counters the service's
+    /metrics shows too."""
+    env = kafka_env(kafka_settings) | {"TUNELOOP_KAFKA__SHIPPER": shipper}
+    with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=env) as server:
         ids = []
         for i in range(0, len(TEXTS), 3):
             r = httpx.post(f"{server.url}/classify", json={"texts": TEXTS[i:i + 3]})
             assert r.status_code == 200  # the broker's absence costs the client nothing
             ids += [p["request_id"] for p in r.json()["predictions"]]
+        shippers = [pid for pid in server.descendants()
+                     if "tuneloop.events.shipper" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert len(shippers) == (1 if shipper == "process" else 0)
         deadline = time.monotonic() + 30
         while counter(server, "tuneloop_events_spooled_total") < len(ids) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -128,9 +136,12 @@ def test_broker_down_at_start_then_every_prediction_arrives(served_registry: Pat
         assert counter(server, "tuneloop_events_dropped_total") == 0
 
 
+@pytest.mark.parametrize("shipper", ["thread", "process"])
 def test_service_killed_with_a_full_spool_replays_after_restart(served_registry: Path, broker: TansuBroker,
-                                                                kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    env = kafka_env(kafka_settings) | {"TUNELOOP_KAFKA__SPOOL_FSYNC": "always"}
+                                                                kafka_settings: KafkaSettings, tmp_path: Path,
+                                                                shipper: str) -> None:
+    """The restarted service replays the dead one's spool with no request to prompt it."""
+    env = kafka_env(kafka_settings) | {"TUNELOOP_KAFKA__SPOOL_FSYNC": "always", "TUNELOOP_KAFKA__SHIPPER": shipper}
     server = ServerProcess(served_registry, tmp_path / "first.log", grpc=False, env=env).start()
     ids = [p["request_id"] for p in httpx.post(f"{server.url}/classify", json={"texts": TEXTS}).json()["predictions"]]
     deadline = time.monotonic() + 30
