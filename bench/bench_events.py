@@ -31,6 +31,7 @@ from tuneloop.events.broker import TansuBroker  # noqa: E402
 from tuneloop.events.client_config import resolve_compression  # noqa: E402
 from tuneloop.events.envelope import wrap  # noqa: E402
 from tuneloop.events.producer import EventLog  # noqa: E402
+from tuneloop.events.shipper import ShippedEventLog  # noqa: E402
 from tuneloop.events.schemas import PredictionEvent, encode_embedding  # noqa: E402
 from tuneloop.events.spool import Spool  # noqa: E402
 from tuneloop.settings import KafkaSettings  # noqa: E402
@@ -177,6 +178,36 @@ def bench_cpu_per_event(broker: TansuBroker, workdir: Path, linger_ms: int, rate
             f"broker {broker_cpu / len(events) * 1e6:,.0f} µs")
 
 
+def bench_cpu_per_event_shipped(broker: TansuBroker, workdir: Path, rate: float = 250,
+                                seconds: float = 12) -> tuple[str, str]:
+    """``bench_cpu_per_event`` with the producer in a shipper process (kafka.shipper=process): what stays in
+    the serving process (wrapping, one socket write a batch) and what the shipper process spends."""
+    events = [prediction(i) for i in range(int(rate * seconds))]
+    cpu = time.process_time()
+    _paced(lambda event: None, events, rate)
+    loop_cpu = time.process_time() - cpu
+    log = ShippedEventLog(settings_for(broker.bootstrap_servers, workdir / "cpu-shipped"))
+    log.start()
+    _paced(log.publish_prediction, events[: int(rate)], rate)  # starts the shipper; not counted
+    assert log.flush(60)
+    shipper = log.stats()["shipper_pid"]
+    threads, cpu = thread_cpu_seconds(), time.process_time()
+    shipper_cpu, broker_cpu = process_cpu_seconds(shipper), process_cpu_seconds(broker.proc.pid)
+    _paced(log.publish_prediction, events, rate)
+    assert log.flush(60)
+    cpu = time.process_time() - cpu - loop_cpu
+    name = "tuneloop-event-forwarder"
+    forwarder = thread_cpu_seconds().get(name, 0) - threads.get(name, 0)
+    shipper_cpu = process_cpu_seconds(shipper) - shipper_cpu
+    broker_cpu = process_cpu_seconds(broker.proc.pid) - broker_cpu
+    log.close()
+    per_event = {name: value / len(events) * 1e6 for name, value in
+                 (("service", cpu), ("forwarder", forwarder), ("shipper", shipper_cpu), ("broker", broker_cpu))}
+    return (f"CPU per logged prediction at {rate:.0f} events/s, linger 100 ms, producer in a shipper process",
+            f"service {per_event['service']:,.0f} µs (event-forwarder {per_event['forwarder']:,.0f}), "
+            f"shipper process {per_event['shipper']:,.0f} µs, broker {per_event['broker']:,.0f} µs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -190,6 +221,7 @@ def main() -> None:
         rows.append(bench_replay(broker, workdir, args.events))
         # 5 ms: the old default, one sender wake-up per event at this pace; 100 ms: today's default.
         rows += [bench_cpu_per_event(broker, workdir, linger) for linger in (5, 100)]
+        rows.append(bench_cpu_per_event_shipped(broker, workdir))
         for codec in ("gzip", "lz4", "none"):
             if codec == "lz4" and importlib.util.find_spec("lz4") is None:
                 continue

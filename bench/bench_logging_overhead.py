@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/bench_logging_overhead.py [--registry PATH] [--duration 8] [--rounds 3]
 
-Three services run at once on the same model, measured in interleaved rounds (median kept), load from
+Four services run at once on the same model, measured in interleaved rounds (median kept), load from
 wrk, one text per request:
   off          the event log off
   on           every prediction (text + float16 embedding) logged to a real Tansu broker
+  shipped      logging on, the producer in a shipper process beside the service (kafka.shipper=process)
   broker down  logging on, no broker reachable: every event goes to the spool
 Writes bench/results/logging_overhead.md. (bench_events.py measures the spool and producer alone.)
 """
@@ -45,11 +46,14 @@ def main() -> None:
     broker = TansuBroker(log_path=work / "tansu.log").start()
     on = {"TUNELOOP_KAFKA__ENABLED": "true", "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
           "TUNELOOP_SPOOL_DIR": str(work / "spool-on")}
+    shipped = {**on, "TUNELOOP_SPOOL_DIR": str(work / "spool-shipped"), "TUNELOOP_KAFKA__SHIPPER": "process"}
     down = {"TUNELOOP_KAFKA__ENABLED": "true", "TUNELOOP_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
             "TUNELOOP_SPOOL_DIR": str(work / "spool-down")}
     servers = {
         "off": ServerProcess(args.registry, work / "off.log", grpc=False, poll_interval_s=None).start(),
         "on": ServerProcess(args.registry, work / "on.log", grpc=False, env=on, poll_interval_s=None).start(),
+        "shipped": ServerProcess(args.registry, work / "shipped.log", grpc=False, env=shipped,
+                                 poll_interval_s=None).start(),
         "broker down": ServerProcess(args.registry, work / "down.log", grpc=False, env=down, poll_interval_s=None).start(),
     }
 
@@ -63,9 +67,10 @@ def main() -> None:
             server.stop()
         broker.stop()
     lines = [
-        f"The service with the event log off, on (real Tansu broker), and on with the broker down (all spooled); "
-        f"one text per request, {args.duration} s per cell, median of {args.rounds} interleaved rounds, wrk on "
-        "the same 2-core machine as the three services.",
+        f"The service with the event log off, on (real Tansu broker), on with the producer in a shipper process "
+        f"(shipped; its CPU counts in the service's), and on with the broker down (all spooled); one text per "
+        f"request, {args.duration} s per cell, median of {args.rounds} interleaved rounds, wrk on the same "
+        "2-core machine as the four services.",
         "",
         "| event log | concurrency | requests/s | p50 ms | p99 ms | errors | × off | service CPU ms/request "
         "| broker CPU ms/request |",
