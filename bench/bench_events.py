@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.server_process import process_cpu_seconds  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 from tuneloop.events.broker import TansuBroker  # noqa: E402
 from tuneloop.events.client_config import resolve_compression  # noqa: E402
 from tuneloop.events.envelope import wrap  # noqa: E402
@@ -53,15 +54,6 @@ def settings_for(bootstrap: str, spool_dir: Path, **overrides: object) -> KafkaS
                          feedback_topic=f"bench-f-{suffix}", model_events_topic=f"bench-m-{suffix}", **overrides)
 
 
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def bench_spool_writes(workdir: Path, n: int) -> list[tuple[str, str]]:
     envelopes = [wrap(prediction(i), "bench") for i in range(n)]
     rows = []
@@ -86,7 +78,7 @@ def bench_replay(broker: TansuBroker, workdir: Path, n: int) -> tuple[str, str]:
     log = EventLog(settings, reconnect_interval_s=0.1)  # finds the spool, as a restarted service does
     start = time.perf_counter()
     log.start()
-    assert wait_until(lambda: log.stats()["spool_bytes"] == 0, 600), log.stats()
+    assert wait_for(lambda: log.stats()["spool_bytes"] == 0, 600), log.stats()
     elapsed = time.perf_counter() - start
     replayed = log.stats()["replayed"]
     log.close()
@@ -100,7 +92,7 @@ def bench_producer(broker: TansuBroker, workdir: Path, n: int, codec: str) -> li
                             queue_size=n + 1)
     log = EventLog(settings)
     log.start()
-    assert wait_until(lambda: log.stats()["connected"], 30)
+    assert wait_for(lambda: log.stats()["connected"], 30)
     events = [prediction(i) for i in range(n)]
     call_ns = []
     start = time.perf_counter()
@@ -162,7 +154,7 @@ def bench_cpu_per_event(broker: TansuBroker, workdir: Path, linger_ms: int, rate
     settings = settings_for(broker.bootstrap_servers, workdir / f"cpu-{linger_ms}", linger_ms=linger_ms)
     log = EventLog(settings)
     log.start()
-    assert wait_until(lambda: log.stats()["connected"], 30)
+    assert wait_for(lambda: log.stats()["connected"], 30)
     _paced(log.publish_prediction, events[: int(rate)], rate)  # one second to warm up, not counted
     assert log.flush(60)
     threads, cpu, broker_cpu = thread_cpu_seconds(), time.process_time(), process_cpu_seconds(broker.proc.pid)

@@ -6,13 +6,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tests.events.factories import feedback, prediction, request_id
 from tests.fixtures.broker import consume_until, isolated_settings
+from tests.waiting import wait_for
 from tuneloop.events.broker import TansuBroker, free_port
 from tuneloop.events.producer import EventLog
 from tuneloop.events.schemas import ModelEvent, PredictionEvent
@@ -29,13 +29,6 @@ def spooled_ids(spool_dir: Path) -> list[str]:
         spool = Spool(folder, max_bytes=1 << 30)  # a reader of its own: every segment counts as sealed
         ids += [env.event_id for path in spool.sealed_segments() for env in spool.read_segment(path)]
     return ids
-
-
-def wait_for(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
 
 
 def test_predictions_feedback_and_model_events_round_trip(event_settings: KafkaSettings) -> None:

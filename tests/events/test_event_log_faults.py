@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from tests.events.conftest import every_message, spool_segments
 from tests.events.factories import feedback, request_id
 from tests.fixtures.broker import isolated_settings
+from tests.waiting import wait_for
 from tuneloop.events.broker import TansuBroker, free_port
 from tuneloop.events.envelope import unwrap, wrap
 from tuneloop.events.metrics import DROPPED
@@ -24,13 +24,6 @@ from tuneloop.events.producer import EventLog
 from tuneloop.events.spool import Spool
 from tuneloop.settings import KafkaSettings
 from tuneloop.supervision import BACKGROUND_ERRORS
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
 
 
 def is_segment(fd: int) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from tests.events.conftest import consume_until, every_message, every_record, spool_segments
 from tests.fixtures.broker import isolated_settings, kafka_env
 from tests.server_process import ServerProcess
+from tests.waiting import wait_for
 from tuneloop.events.broker import TansuBroker
 from tuneloop.events.envelope import unwrap
 from tuneloop.settings import KafkaSettings
@@ -179,13 +180,6 @@ def spool_bytes(server: ServerProcess) -> float:
     return float(found[1])
 
 
-def wait_until(condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return condition()
-
-
 def test_two_workers_deliver_each_spooled_prediction_once(
         served_registry: Path, broker: TansuBroker, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     with ServerProcess(served_registry, tmp_path / "server.log", grpc=False, env=kafka_env(kafka_settings),
@@ -195,7 +189,7 @@ def test_two_workers_deliver_each_spooled_prediction_once(
         broker.start()
         # A segment goes once the broker acknowledged every event in it; and a worker that still counts
         # bytes no longer there would stay in spool mode for good.
-        assert wait_until(lambda: not spool_segments(kafka_settings.spool_dir) and spool_bytes(server) == 0)
+        assert wait_for(lambda: not spool_segments(kafka_settings.spool_dir) and spool_bytes(server) == 0)
         got = every_message(kafka_settings, "predictions")
     assert len(got) == len({e.event_id for e in got}) == len(ids)  # none twice
     assert sorted(e.data.request_id for e in got) == sorted(ids)
@@ -216,7 +210,7 @@ def test_a_killed_workers_spool_is_delivered_by_the_survivor(
         os.kill(victim, signal.SIGKILL)
         broker.start()
         # Not tuneloop_spool_bytes: the dead worker's last value stays in it (nothing marks it dead).
-        assert wait_until(lambda: not spool_segments(kafka_settings.spool_dir))
+        assert wait_for(lambda: not spool_segments(kafka_settings.spool_dir))
         got = every_message(kafka_settings, "predictions")
         assert not folders[0].exists()  # adopted, replayed and removed
     assert len(got) == len({e.event_id for e in got}) == len(ids)

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from tests.events.factories import feedback, prediction, request_id
-from tests.events.test_event_log import spooled_ids, wait_for
+from tests.events.test_event_log import spooled_ids
 from tests.fixtures.broker import consume_until
+from tests.waiting import wait_for
 from tuneloop.events.broker import free_port
 from tuneloop.events.schemas import ModelEvent
 from tuneloop.events.shipper import ShippedEventLog

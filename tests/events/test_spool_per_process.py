@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.events.conftest import every_message, spool_segments
 from tests.events.factories import feedback, request_id
 from tests.fixtures.broker import isolated_settings
+from tests.waiting import wait_for
 from tuneloop.events.broker import TansuBroker, free_port
 from tuneloop.events.envelope import wrap
 from tuneloop.events.producer import EventLog
@@ -23,13 +24,6 @@ from tuneloop.events.spool import FolderLock, Spool, claim_folder, orphaned_fold
 from tuneloop.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
 
 
 def test_a_held_folder_is_never_offered_and_a_released_one_is_offered_once(tmp_path: Path) -> None:

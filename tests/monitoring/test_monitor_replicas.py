@@ -25,6 +25,7 @@ from monitoring.reference import reference_from_arrays
 from monitoring.server import MonitorServer
 from tests.fixtures.broker import isolated_settings
 from tests.monitoring.stack import DOMAIN_WORDS, LABELS, PrometheusProcess, only_v1, prediction_event, synthetic_rows
+from tests.waiting import wait_for
 from tuneloop.events.client_config import ensure_topics
 from tuneloop.events.consumer import EventConsumer
 from tuneloop.events.producer import EventLog
@@ -63,12 +64,9 @@ class Replica:
         self.server.stop()
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what() if callable(what) else what}")
-        time.sleep(0.2)
+def wait_or_fail(condition, timeout: float, what: str) -> None:
+    if not wait_for(condition, timeout, interval=0.2):
+        pytest.fail(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def test_two_replicas_share_the_partitions_and_each_judges_a_valid_sample(tmp_path, kafka_broker):
@@ -81,7 +79,7 @@ def test_two_replicas_share_the_partitions_and_each_judges_a_valid_sample(tmp_pa
     prometheus = None
     try:
         # Both in the group, one partition each, before any traffic (else the first takes it all).
-        wait_for(lambda: all(len(r.partitions()) == 1 for r in replicas)
+        wait_or_fail(lambda: all(len(r.partitions()) == 1 for r in replicas)
                  and replicas[0].partitions() | replicas[1].partitions() == {"0", "1"}, 60, "a partition each")
         (tmp_path / "prometheus").mkdir()
         prometheus = PrometheusProcess(tmp_path / "prometheus", {
@@ -96,7 +94,7 @@ def test_two_replicas_share_the_partitions_and_each_judges_a_valid_sample(tmp_pa
         log.start()
         # Connected before the first publish: events published earlier go to the spool, which close() leaves for
         # the next process to replay, so they would never reach the replicas.
-        wait_for(lambda: log.stats()["connected"], 60, "the event log connected to the broker")
+        wait_or_fail(lambda: log.stats()["connected"], 60, "the event log connected to the broker")
         for window, (shift, words, count) in enumerate(((0.0, None, PER_WINDOW), (1.5, DOMAIN_WORDS, PER_WINDOW),
                                                         (1.5, DOMAIN_WORDS, 40))):
             rows = synthetic_rows(count, rng, shift, **({"words": words} if words else {}))
@@ -109,10 +107,10 @@ def test_two_replicas_share_the_partitions_and_each_judges_a_valid_sample(tmp_pa
         log.close()
 
         observed = lambda r: r.value("tuneloop_monitor_events_total", outcome="observed") or 0  # noqa: E731
-        wait_for(lambda: sum(observed(r) for r in replicas) == 2 * PER_WINDOW + 40, 60,
+        wait_or_fail(lambda: sum(observed(r) for r in replicas) == 2 * PER_WINDOW + 40, 60,
                  lambda: f"every prediction read: {[observed(r) for r in replicas]}")
         # The third window's first prediction closes the drifted one: both replicas judge their share.
-        wait_for(lambda: all(r.value("tuneloop_drift_episode_active", model_version="v1") == 1 for r in replicas),
+        wait_or_fail(lambda: all(r.value("tuneloop_drift_episode_active", model_version="v1") == 1 for r in replicas),
                  60, "drift judged by both replicas")
         shares = [observed(r) for r in replicas]
         assert min(shares) > 0.3 * sum(shares), shares  # each a real share of the traffic
@@ -129,7 +127,7 @@ def test_two_replicas_share_the_partitions_and_each_judges_a_valid_sample(tmp_pa
             result = prometheus.query(expr)["data"]["result"]
             return len(result) == 1 and float(result[0]["value"][1]) == expected
 
-        wait_for(lambda: prometheus_sees("sum by (model_version) (tuneloop_drift_window_predictions)",
+        wait_or_fail(lambda: prometheus_sees("sum by (model_version) (tuneloop_drift_window_predictions)",
                                          PER_WINDOW), 30, "the windows' predictions summed over replicas")
         assert prometheus_sees("max by (model_version, signal) (tuneloop_drift_detected{signal='embedding'})", 1)
         assert prometheus_sees("count(tuneloop_monitor_consumer_lag)", 2)  # one series per partition

@@ -15,6 +15,7 @@ import pytest
 
 from tests.model_versions import approve_and_promote, train_tiny_version
 from tests.server_process import ServerProcess
+from tests.waiting import wait_for
 from tuneloop.registry import ModelCard, Registry, State
 
 TEXTS = ["the battery lasts all day", "stopped working after a week", "decent sound for the price",
@@ -133,15 +134,6 @@ def metric(name: str, **labels: str) -> float:
     from prometheus_client import REGISTRY
 
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from service.dataplane import DataPlane
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.server import start_grpc_server
+from tests.waiting import wait_for
 from tuneloop.events.broker import free_port
 
 WAIT_S = 30.0  # how long a test waits for a condition before failing; never a measured duration
@@ -41,10 +42,7 @@ def paused_plane(dataplane: DataPlane, **settings: Any) -> DataPlane:
 
 
 def wait_until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+    assert wait_for(condition, WAIT_S, interval=0.01), "condition not reached"
 
 
 async def async_wait_until(condition: Callable[[], bool]) -> None:
