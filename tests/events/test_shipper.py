@@ -6,13 +6,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 from tests.events.factories import feedback, prediction, request_id
 from tests.events.test_event_log import spooled_ids
 from tests.fixtures.broker import consume_until
 from tests.waiting import wait_for
 from tuneloop.events.broker import free_port
+from tuneloop.events.errors import EventLogError
 from tuneloop.events.schemas import ModelEvent
 from tuneloop.events.shipper import ShippedEventLog
 from tuneloop.settings import KafkaSettings
@@ -98,3 +102,35 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_setting_the_producer_cannot_take_fails_at_once_not_in_every_shipper(tmp_path: Path) -> None:
+    bad = KafkaSettings(spool_dir=tmp_path / "spool", security_protocol="SASL_SSL")  # no sasl_mechanism
+    with pytest.raises(EventLogError, match="sasl_mechanism"):
+        ShippedEventLog(bad)
+
+
+# A shipper whose first answer to a flush comes late and says "not flushed"; later ones come at once.
+SLOW_FIRST_FLUSH = textwrap.dedent("""
+    import sys, time
+    from tuneloop.events import producer, shipper
+    real_flush, answers = producer.EventLog.flush, []
+    def flush(self, timeout=10.0):
+        answers.append(1)
+        if len(answers) == 1:
+            time.sleep(3)
+            return False
+        return real_flush(self, timeout)
+    producer.EventLog.flush = flush
+    shipper.main()
+""")
+
+
+def test_a_late_answer_to_one_flush_is_not_taken_for_the_next_ones(event_settings: KafkaSettings) -> None:
+    log = ShippedEventLog(event_settings, command=[sys.executable, "-c", SLOW_FIRST_FLUSH])
+    log.start()
+    log.publish_feedback(feedback(1))
+    assert wait_for(lambda: log.stats()["queued"] == 0 and log.shipper_pid is not None)
+    assert not log.flush(timeout=0.2)  # gives up before the shipper answers "not flushed"
+    assert log.flush(timeout=30)  # its own answer, not the first one's late "not flushed"
+    log.close()
