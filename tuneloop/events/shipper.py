@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from tuneloop.events.client_config import producer_config, topic_names
@@ -78,7 +79,7 @@ class _Shipper:
             # A session of its own: a Ctrl-C meant for the service must not end it before the service has
             # told it to deliver what it holds. It ends itself when the serving process goes (its socket closes).
             self.process = subprocess.Popen([*command, str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                                            start_new_session=True)
+                                            start_new_session=True, env=_importing_this_package())
         except OSError as exc:
             ours.close()
             raise ShipperError(f"could not start the event shipper: {exc}") from exc
@@ -349,6 +350,14 @@ class ShippedEventLog(QueuedPublisher):
             else:
                 lock.release()
             SPOOL_BYTES.set(0)
+
+
+def _importing_this_package() -> dict[str, str]:
+    """This process's environment, with the folder that holds this ``tuneloop`` package first on the path: the
+    shipper runs the same code as its worker whatever its working directory (a Bento's, an installed wheel's)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else os.pathsep.join((root, path))}
 
 
 def _left(deadline: float) -> float:
