@@ -68,6 +68,7 @@ bench: setup
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk)
 	$(PY) bench/bench_serving.py
 	$(PY) bench/bench_frontend.py
+	$(PY) bench/bench_inprocess.py
 	$(PY) bench/bench_events.py
 	$(PY) bench/bench_logging_overhead.py
 	$(PY) bench/bench_drift.py
