@@ -239,7 +239,8 @@ class ShippedEventLog(QueuedPublisher):
 
     def stats(self) -> dict[str, Any]:
         fallback = self._fallback
-        return {"queued": self._queue.qsize(), "shipper_pid": self.shipper_pid,
+        return {"queued": self._queue.qsize(), "unshipped": self._queue.unfinished_tasks,  # queued or held
+                "shipper_pid": self.shipper_pid,
                 "fallback_spool_bytes": fallback[1].bytes if fallback else 0, "unencodable": self.unencodable}
 
     # ------------------------------------------------------------------ forwarding
