@@ -52,9 +52,7 @@ class EventLog(QueuedPublisher):
         self.reconnect_interval_s = reconnect_interval_s or settings.reconnect_interval_s
         self._spool_root = Path(settings.spool_dir)
         self._own_folder = claim_folder(self._spool_root)
-        self.spool = Spool(self._own_folder.folder, settings.spool_max_bytes, settings.spool_fsync,
-                           segment_bytes=settings.spool_segment_bytes,
-                           batch_fsync_interval_s=settings.spool_fsync_interval_ms / 1000)
+        self.spool = Spool.from_settings(self._own_folder.folder, settings)
         # Folders of processes that died, held (locked) by us until every event in them is delivered.
         self._adopted: list[tuple[FolderLock, Spool]] = []
         self._next_adoption = 0.0

@@ -327,8 +327,7 @@ class ShippedEventLog(QueuedPublisher):
                 try:
                     if self._fallback is None:
                         lock = claim_folder(self.settings.spool_dir)
-                        self._fallback = lock, Spool(lock.folder, self.settings.spool_max_bytes,
-                                                     self.settings.spool_fsync)
+                        self._fallback = lock, Spool.from_settings(lock.folder, self.settings)
                         log.warning("no event shipper takes events; spooling them to %s", lock.folder)
                     spooled = self._fallback[1].append(envelope)
                 except Exception:

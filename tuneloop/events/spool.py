@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from tuneloop.events.envelope import Envelope
+from tuneloop.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,13 @@ class Spool:
         self.dropped = 0
         self.cap_logged = False
         self.disk_error_logged = False
+
+    @classmethod
+    def from_settings(cls, directory: Path, settings: KafkaSettings) -> Spool:
+        """A process's own spool folder, as ``kafka.spool_*`` configures it."""
+        return cls(directory, settings.spool_max_bytes, settings.spool_fsync,
+                   segment_bytes=settings.spool_segment_bytes,
+                   batch_fsync_interval_s=settings.spool_fsync_interval_ms / 1000)
 
     # ------------------------------------------------------------------ writing
     def append(self, envelope: Envelope) -> bool:
