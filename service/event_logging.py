@@ -6,8 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from service.dataplane import ClassifyResult
-from tuneloop.events.producer import EventLog
-from tuneloop.events.shipper import ShippedEventLog
+from tuneloop.events.queueing import QueuedPublisher
 from tuneloop.events.schemas import ModelEvent, PredictionEvent, encode_embedding
 from tuneloop.settings import KafkaSettings
 
@@ -15,7 +14,7 @@ from tuneloop.settings import KafkaSettings
 class PredictionLogger:
     """A DataPlane listener turning each classification into prediction events."""
 
-    def __init__(self, events: EventLog | ShippedEventLog, settings: KafkaSettings) -> None:
+    def __init__(self, events: QueuedPublisher, settings: KafkaSettings) -> None:
         self.events = events
         self.settings = settings
 
@@ -33,7 +32,6 @@ class PredictionLogger:
             ))
 
 
-def swap_event(events: EventLog | ShippedEventLog, kind: str, model_name: str | None, version: str,
-               reason: str) -> None:
+def swap_event(events: QueuedPublisher, kind: str, model_name: str | None, version: str, reason: str) -> None:
     events.publish_model_event(ModelEvent(kind=kind, model_name=model_name, version=version,
                                           actor="tuneloop-service", reason=reason))
