@@ -14,6 +14,7 @@ from tests.fixtures.broker import consume_until  # noqa: F401  (tests import it 
 from tuneloop.events.broker import TansuBroker
 from tuneloop.events.client_config import common_config, topic_names
 from tuneloop.events.envelope import ReceivedEvent, unwrap
+from tuneloop.events.spool import Spool
 from tuneloop.settings import KafkaSettings
 
 
@@ -56,3 +57,12 @@ def every_record(settings: KafkaSettings, kind: str, timeout: float = 30.0) -> l
 def spool_segments(root: Path) -> list[Path]:
     """The segment files under a spool root, whichever process's folder they are in."""
     return sorted(root.rglob("*.spool"))
+
+
+def spooled_ids(spool_dir: Path) -> list[str]:
+    """The CloudEvent ids waiting under a spool root (one folder per process), in spool order per folder."""
+    ids = []
+    for folder in sorted({p.parent for p in spool_dir.rglob("*.spool")}):
+        spool = Spool(folder, max_bytes=1 << 30)  # a reader of its own: every segment counts as sealed
+        ids += [env.event_id for path in spool.sealed_segments() for env in spool.read_segment(path)]
+    return ids

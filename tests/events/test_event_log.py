@@ -10,25 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.events.conftest import spooled_ids
 from tests.events.factories import feedback, prediction, request_id
 from tests.fixtures.broker import consume_until, isolated_settings
 from tests.waiting import wait_for
 from tuneloop.events.broker import TansuBroker, free_port
 from tuneloop.events.producer import EventLog
 from tuneloop.events.schemas import ModelEvent, PredictionEvent
-from tuneloop.events.spool import Spool
 from tuneloop.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def spooled_ids(spool_dir: Path) -> list[str]:
-    """The CloudEvent ids waiting under a spool root (one folder per process), in spool order per folder."""
-    ids = []
-    for folder in sorted({p.parent for p in spool_dir.rglob("*.spool")}):
-        spool = Spool(folder, max_bytes=1 << 30)  # a reader of its own: every segment counts as sealed
-        ids += [env.event_id for path in spool.sealed_segments() for env in spool.read_segment(path)]
-    return ids
 
 
 def test_predictions_feedback_and_model_events_round_trip(event_settings: KafkaSettings) -> None:
