@@ -137,67 +137,47 @@ def thread_cpu_seconds() -> dict[str, float]:
     return seconds
 
 
-# The EventLog's two background threads: ours, and kafka-python's network thread.
-SENDER_THREADS = ("tuneloop-event-sender", "tuneloop-network-thread")
+# The event log's background threads in the serving process: with the producer there (ours, and kafka-python's
+# network thread), or in a shipper process (only the thread that forwards batches to it).
+SENDER_THREADS = {False: ("tuneloop-event-sender", "tuneloop-network-thread"), True: ("tuneloop-event-forwarder",)}
 
 
 def bench_cpu_per_event(broker: TansuBroker, workdir: Path, linger_ms: int, rate: float = 250,
-                        seconds: float = 12) -> tuple[str, str]:
-    """CPU that logging one prediction costs the service process (every thread: the caller, our sender,
-    kafka-python's network thread) and the broker, at a service's pace. On two shared cores this is
-    CPU taken from inference. The two background threads are reported apart: ours (wrapping each event
-    and handing it to kafka-python) and kafka-python's network thread."""
+                        seconds: float = 12, shipped: bool = False) -> tuple[str, str]:
+    """CPU that logging one prediction costs the service process (every thread: the caller and the event
+    log's background threads, reported apart as well) and the broker, at a service's pace. On two shared
+    cores this is CPU taken from inference. ``shipped``: the producer in a shipper process
+    (kafka.shipper=process), whose CPU is reported beside the service's."""
     events = [prediction(i) for i in range(int(rate * seconds))]
     cpu = time.process_time()
     _paced(lambda event: None, events, rate)  # the pacing loop alone, subtracted below
     loop_cpu = time.process_time() - cpu
-    settings = settings_for(broker.bootstrap_servers, workdir / f"cpu-{linger_ms}", linger_ms=linger_ms)
-    log = EventLog(settings)
+    folder = workdir / f"cpu-{linger_ms}-{'shipped' if shipped else 'in-process'}"
+    settings = settings_for(broker.bootstrap_servers, folder, linger_ms=linger_ms)
+    log = ShippedEventLog(settings) if shipped else EventLog(settings)
     log.start()
-    assert wait_for(lambda: log.stats()["connected"], 30)
-    _paced(log.publish_prediction, events[: int(rate)], rate)  # one second to warm up, not counted
+    if not shipped:
+        assert wait_for(lambda: log.stats()["connected"], 30)
+    _paced(log.publish_prediction, events[: int(rate)], rate)  # one second to warm up (and start a shipper)
     assert log.flush(60)
-    threads, cpu, broker_cpu = thread_cpu_seconds(), time.process_time(), process_cpu_seconds(broker.proc.pid)
-    _paced(log.publish_prediction, events, rate)
-    assert log.flush(60)
-    cpu, broker_cpu = time.process_time() - cpu - loop_cpu, process_cpu_seconds(broker.proc.pid) - broker_cpu
-    after = thread_cpu_seconds()
-    cost = {name: (after.get(name, 0) - threads.get(name, 0)) * 1e6 / len(events) for name in SENDER_THREADS}
-    split = ", ".join(f"{name.removeprefix('tuneloop-')} {us:,.0f}" for name, us in cost.items())
-    log.close()
-    return (f"CPU per logged prediction at {rate:.0f} events/s, linger {linger_ms} ms",
-            f"service {cpu / len(events) * 1e6:,.0f} µs ({split}), "
-            f"broker {broker_cpu / len(events) * 1e6:,.0f} µs")
-
-
-def bench_cpu_per_event_shipped(broker: TansuBroker, workdir: Path, rate: float = 250,
-                                seconds: float = 12) -> tuple[str, str]:
-    """``bench_cpu_per_event`` with the producer in a shipper process (kafka.shipper=process): what stays in
-    the serving process (wrapping, one socket write a batch) and what the shipper process spends."""
-    events = [prediction(i) for i in range(int(rate * seconds))]
-    cpu = time.process_time()
-    _paced(lambda event: None, events, rate)
-    loop_cpu = time.process_time() - cpu
-    log = ShippedEventLog(settings_for(broker.bootstrap_servers, workdir / "cpu-shipped"))
-    log.start()
-    _paced(log.publish_prediction, events[: int(rate)], rate)  # starts the shipper; not counted
-    assert log.flush(60)
-    shipper = log.stats()["shipper_pid"]
+    processes = {"broker": broker.proc.pid}
+    if shipped:
+        processes["shipper process"] = log.stats()["shipper_pid"]
     threads, cpu = thread_cpu_seconds(), time.process_time()
-    shipper_cpu, broker_cpu = process_cpu_seconds(shipper), process_cpu_seconds(broker.proc.pid)
+    others = {name: process_cpu_seconds(pid) for name, pid in processes.items()}
     _paced(log.publish_prediction, events, rate)
     assert log.flush(60)
     cpu = time.process_time() - cpu - loop_cpu
-    name = "tuneloop-event-forwarder"
-    forwarder = thread_cpu_seconds().get(name, 0) - threads.get(name, 0)
-    shipper_cpu = process_cpu_seconds(shipper) - shipper_cpu
-    broker_cpu = process_cpu_seconds(broker.proc.pid) - broker_cpu
+    after = thread_cpu_seconds()
+    others = {name: process_cpu_seconds(pid) - others[name] for name, pid in processes.items()}
     log.close()
-    per_event = {name: value / len(events) * 1e6 for name, value in
-                 (("service", cpu), ("forwarder", forwarder), ("shipper", shipper_cpu), ("broker", broker_cpu))}
-    return (f"CPU per logged prediction at {rate:.0f} events/s, linger 100 ms, producer in a shipper process",
-            f"service {per_event['service']:,.0f} µs (event-forwarder {per_event['forwarder']:,.0f}), "
-            f"shipper process {per_event['shipper']:,.0f} µs, broker {per_event['broker']:,.0f} µs")
+    per_thread = {name: (after.get(name, 0) - threads.get(name, 0)) * 1e6 / len(events)
+                  for name in SENDER_THREADS[shipped]}
+    split = ", ".join(f"{name.removeprefix('tuneloop-')} {us:,.0f}" for name, us in per_thread.items())
+    where = ", producer in a shipper process" if shipped else ""
+    return (f"CPU per logged prediction at {rate:.0f} events/s, linger {linger_ms} ms{where}",
+            f"service {cpu / len(events) * 1e6:,.0f} µs ({split}), "
+            + ", ".join(f"{name} {seconds_ * 1e6 / len(events):,.0f} µs" for name, seconds_ in others.items()))
 
 
 def main() -> None:
@@ -213,7 +193,7 @@ def main() -> None:
         rows.append(bench_replay(broker, workdir, args.events))
         # 5 ms: the old default, one sender wake-up per event at this pace; 100 ms: today's default.
         rows += [bench_cpu_per_event(broker, workdir, linger) for linger in (5, 100)]
-        rows.append(bench_cpu_per_event_shipped(broker, workdir))
+        rows.append(bench_cpu_per_event(broker, workdir, 100, shipped=True))
         for codec in ("gzip", "lz4", "none"):
             if codec == "lz4" and importlib.util.find_spec("lz4") is None:
                 continue
