@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -280,16 +281,17 @@ class MicroBatcher:
         The short buckets run first, so their clients have their answers, and send their next requests,
         while the long buckets still run: the event loop's work overlaps inference instead of waiting for
         the batch's slowest bucket, and the next batch is already queued when this one ends."""
-        rows_left = np.array([len(p.texts) for p in batch])  # a request is answered when its count is 0
-        bounds = np.concatenate(([0], np.cumsum(rows_left)))
-        owner = np.repeat(np.arange(len(batch)), rows_left)
+        # Plain lists: a batch holds at most a few hundred texts, where numpy's per-call cost exceeds the work.
+        rows_left = [len(p.texts) for p in batch]  # a request is answered when its count is 0
+        bounds = list(accumulate(rows_left, initial=0))
+        owner = [i for i, count in enumerate(rows_left) for _ in range(count)]
         try:
             model = self._current_model()  # one model for the whole batch: every row names its version
             tokens = model.classifier.tokenize([t for p in batch for t in p.texts])  # once; padded per bucket
             result = _BatchResult.empty(model, tokens)
             for rows in self._run_buckets(model, tokens, result):
                 finished = []
-                for i in owner[rows]:
+                for i in map(owner.__getitem__, rows.tolist()):
                     rows_left[i] -= 1
                     if rows_left[i] == 0:
                         start, end = bounds[i], bounds[i + 1]
