@@ -137,12 +137,12 @@ class DataPlane:
     def _finish(self, texts: list[str], output: BatchOutput, started: float) -> ClassifyResult:
         labels = output.model.labels
         probabilities = output.probabilities
-        best = probabilities.argmax(axis=1)
+        # Python floats once for the whole array: indexing numpy element by element costs more than the rest.
         predictions = [
-            Prediction(request_id=uuid.uuid4().hex, label=labels[k], score=float(probabilities[i, k]),
-                       probabilities={name: float(p) for name, p in zip(labels, probabilities[i])},
-                       truncated=output.truncated[i])
-            for i, k in enumerate(best)
+            Prediction(request_id=uuid.uuid4().hex, label=labels[k], score=row[k],
+                       probabilities=dict(zip(labels, row)), truncated=truncated)
+            for k, row, truncated in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist(),
+                                         output.truncated)
         ]
         result = ClassifyResult(model_name=output.model.model_name, model_version=output.model.version,
                                 predictions=predictions, probabilities=probabilities,
