@@ -69,6 +69,7 @@ bench: setup
 	$(PY) bench/bench_serving.py
 	$(PY) bench/bench_frontend.py
 	$(PY) bench/bench_inprocess.py
+	$(PY) bench/bench_inprocess.py --model minilm
 	$(PY) bench/bench_events.py
 	$(PY) bench/bench_logging_overhead.py
 	$(PY) bench/bench_drift.py

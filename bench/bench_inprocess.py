@@ -1,9 +1,12 @@
 """Where a lone request's CPU goes inside the serving process, without sockets: the front end's budget.
 
-    .venv/bin/python bench/bench_inprocess.py [--registry PATH] [--texts 2000] [--rounds 3]
+    .venv/bin/python bench/bench_inprocess.py [--model tiny|minilm] [--texts 2000] [--rounds 3]
 
-On the test suite's tiny model (one ONNX Runtime thread, event log off), one text at a time, CPU time of the
-whole process per text, median of interleaved rounds:
+One text at a time, event log off: CPU time of the whole process per text and the p50 of each call's wall
+time, median of interleaved rounds. ``--model tiny`` (the default) is the test suite's tiny model on one ONNX
+Runtime thread, so that inference is nearly free and the steps around it show; ``--model minilm`` is the
+benchmark's fine-tuned MiniLM (bench_serving's registry) with the service's own thread settings, where the
+p50s say what a lone request pays beyond the session before any transport. Steps:
   tokenize            the Rust tokenizer alone
   tokenize + run      tokenizing and ``session.run``, nothing else: what inference costs a lone text
   batcher             ``MicroBatcher.infer`` awaited on a uvloop loop: the hand-off to the batcher thread, the
@@ -11,7 +14,8 @@ whole process per text, median of interleaved rounds:
   data plane          ``DataPlane.classify``: validation and the per-text predictions on top
   bare hand-off       a future handed to a bare thread and set back through ``call_soon_threadsafe``: the
                       floor of any thread hand-off on this machine
-Writes bench/results/inprocess.md. bench_frontend.py measures the same path through HTTP and gRPC servers.
+Writes bench/results/inprocess.md (inprocess-minilm.md for MiniLM). bench_frontend.py measures the same path
+through HTTP and gRPC servers.
 """
 
 from __future__ import annotations
@@ -30,27 +34,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-os.environ.update({"TUNELOOP_KAFKA__ENABLED": "false", "TUNELOOP_SERVING__INTRA_OP_THREADS": "1",
-                   "TUNELOOP_SERVING__GRPC_PORT": "0"})
+os.environ.update({"TUNELOOP_KAFKA__ENABLED": "false", "TUNELOOP_SERVING__GRPC_PORT": "0"})
 
 import uvloop  # noqa: E402
 
 from bench.bench_frontend import ensure_tiny_registry  # noqa: E402
-from bench.bench_serving import bench_texts, write_results  # noqa: E402
+from bench.bench_serving import bench_texts, ensure_model, write_results  # noqa: E402
+
+Cell = tuple[float, float]  # CPU µs per text, p50 ms per call
 
 
-def cpu_per_call(run: Callable[[str], object], texts: list[str]) -> float:
-    started = time.process_time()
+def _cell(cpu_seconds: float, latencies: list[float]) -> Cell:
+    return cpu_seconds / len(latencies) * 1e6, statistics.median(latencies) * 1e3
+
+
+def measure_calls(run: Callable[[str], object], texts: list[str]) -> Cell:
+    latencies, started = [], time.process_time()
     for text in texts:
+        began = time.perf_counter()
         run(text)
-    return (time.process_time() - started) / len(texts) * 1e6
+        latencies.append(time.perf_counter() - began)
+    return _cell(time.process_time() - started, latencies)
 
 
-async def cpu_per_await(run: Callable[[str], Awaitable[object]], texts: list[str]) -> float:
-    started = time.process_time()
+async def measure_awaits(run: Callable[[str], Awaitable[object]], texts: list[str]) -> Cell:
+    latencies, started = [], time.process_time()
     for text in texts:
+        began = time.perf_counter()
         await run(text)
-    return (time.process_time() - started) / len(texts) * 1e6
+        latencies.append(time.perf_counter() - began)
+    return _cell(time.process_time() - started, latencies)
 
 
 def start_bare_worker() -> queue.SimpleQueue:
@@ -65,13 +78,15 @@ def start_bare_worker() -> queue.SimpleQueue:
     return handed
 
 
-async def measure(plane, texts: list[str], rounds: int) -> dict[str, list[float]]:
+async def measure(plane, texts: list[str], rounds: int) -> dict[str, list[Cell]]:
     classifier = plane.manager.current.classifier
     handed = start_bare_worker()
     loop = asyncio.get_running_loop()
 
+    overhead = plane.batcher.run_overhead_tokens
+
     def run_alone(text: str) -> None:
-        for _ in classifier.run_buckets(classifier.tokenize([text]), 1):
+        for _ in classifier.run_buckets(classifier.tokenize([text]), 1, overhead):
             pass
 
     async def bare_hand_off(_: str) -> None:
@@ -87,26 +102,34 @@ async def measure(plane, texts: list[str], rounds: int) -> dict[str, list[float]
 
     for text in texts[:200]:  # warm-up: the session's first runs, the tokenizer's caches
         await plane.classify([text])
-    cells: dict[str, list[float]] = {name: [] for name in
-                                     ("tokenize", "tokenize + run", "batcher", "data plane", "bare hand-off")}
+    cells: dict[str, list[Cell]] = {name: [] for name in
+                                    ("tokenize", "tokenize + run", "batcher", "data plane", "bare hand-off")}
     for _ in range(rounds):
-        cells["tokenize"].append(cpu_per_call(lambda t: classifier.tokenize([t]), texts))
-        cells["tokenize + run"].append(cpu_per_call(run_alone, texts))
-        cells["batcher"].append(await cpu_per_await(batcher, texts))
-        cells["data plane"].append(await cpu_per_await(data_plane, texts))
-        cells["bare hand-off"].append(await cpu_per_await(bare_hand_off, texts))
+        cells["tokenize"].append(measure_calls(lambda t: classifier.tokenize([t]), texts))
+        cells["tokenize + run"].append(measure_calls(run_alone, texts))
+        cells["batcher"].append(await measure_awaits(batcher, texts))
+        cells["data plane"].append(await measure_awaits(data_plane, texts))
+        cells["bare hand-off"].append(await measure_awaits(bare_hand_off, texts))
     return cells
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--registry", type=Path, default=ROOT / "bench" / ".work" / "tiny-registry")
+    parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inprocess.md")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    ensure_tiny_registry(args.registry)
-    os.environ["TUNELOOP_REGISTRY"] = str(args.registry)
+    work = ROOT / "bench" / ".work"
+    if args.model == "tiny":
+        registry, model = work / "tiny-registry", "the tiny test model, one ONNX Runtime thread"
+        ensure_tiny_registry(registry)
+        os.environ["TUNELOOP_SERVING__INTRA_OP_THREADS"] = "1"
+    else:
+        registry, model = work / "registry", "the benchmark's MiniLM-L6, the service's thread settings"
+        ensure_model(registry)
+    os.environ["TUNELOOP_REGISTRY"] = str(registry)
+    out = args.out or ROOT / "bench" / "results" / ("inprocess.md" if args.model == "tiny" else "inprocess-minilm.md")
 
     from service.runtime import ServingRuntime
     from tuneloop.settings import get_settings
@@ -121,12 +144,14 @@ def main() -> None:
         cells = uvloop.run(measure(runtime.dataplane, texts, args.rounds))
     finally:
         runtime.stop()
-    lines = [f"CPU time of the whole process per text, µs: the tiny test model, one ONNX Runtime thread, one text "
-             f"at a time ({args.texts} texts), median of {args.rounds} interleaved rounds (min–max beside it).",
-             "", "| step | µs per text | range |", "| --- | --- | --- |"]
+    lines = [f"CPU time of the whole process per text (µs) and the p50 of a call's wall time (ms): {model}, one "
+             f"text at a time ({args.texts} texts), median of {args.rounds} interleaved rounds (min–max beside it).",
+             "", "| step | CPU µs per text | range | p50 ms | range |", "| --- | --- | --- | --- | --- |"]
     for name, values in cells.items():
-        lines.append(f"| {name} | {statistics.median(values):.0f} | {min(values):.0f}–{max(values):.0f} |")
-    write_results(args.out, lines)
+        cpu, p50 = [v[0] for v in values], [v[1] for v in values]
+        lines.append(f"| {name} | {statistics.median(cpu):.0f} | {min(cpu):.0f}–{max(cpu):.0f} | "
+                     f"{statistics.median(p50):.3f} | {min(p50):.3f}–{max(p50):.3f} |")
+    write_results(out, lines)
 
 
 if __name__ == "__main__":
