@@ -29,7 +29,7 @@ from typing import Any
 from tuneloop.events.client_config import ensure_topics, producer_config, topic_names
 from tuneloop.events.envelope import Envelope, wrap
 from tuneloop.events.metrics import OUTCOMES, SPOOL_BYTES
-from tuneloop.events.queueing import STOP, QueuedPublisher
+from tuneloop.events.queueing import STOP, QueuedPublisher, seconds_left
 from tuneloop.events.schemas import EventData
 from tuneloop.events.spool import FolderLock, Spool, claim_folder, orphaned_folders
 from tuneloop.settings import KafkaSettings
@@ -111,7 +111,7 @@ class EventLog(QueuedPublisher):
                 producer = self._producer
                 if producer is not None:
                     try:
-                        producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+                        producer.flush(timeout=seconds_left(deadline))
                     except Exception as exc:  # a timeout, or a producer closed by a reconnect: look again
                         log.debug("flush: %s", exc)
                 with self._unacked_lock:
@@ -130,20 +130,20 @@ class EventLog(QueuedPublisher):
         deadline = time.monotonic() + timeout
         if self._started:
             try:  # the sender finishes what is queued before it sees the stop
-                self._queue.put(STOP, timeout=max(0.1, deadline - time.monotonic()))
+                self._queue.put(STOP, timeout=seconds_left(deadline))
             except queue.Full:
                 pass  # it is stuck: what it did not take is spooled below
-            self._sender.join(timeout=max(0.1, deadline - time.monotonic()))
+            self._sender.join(timeout=seconds_left(deadline))
             # A replayer that is only trying to connect holds nothing: not worth waiting for.
-            self._replayer.join(timeout=max(0.1, deadline - time.monotonic()) if self._producer is not None else 0.1)
+            self._replayer.join(timeout=seconds_left(deadline) if self._producer is not None else 0.1)
         producer = self._producer
         if producer is not None:
             try:  # sends that fail now are spooled by their errbacks
-                producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+                producer.flush(timeout=seconds_left(deadline))
             except Exception as exc:
                 log.warning("event producer did not flush in time: %s", exc)
             try:
-                producer.close(timeout=max(0.1, deadline - time.monotonic()))
+                producer.close(timeout=seconds_left(deadline))
             except Exception as exc:  # kafka-python raises its own types; the spool already has the rest
                 log.warning("event producer did not close cleanly: %s", exc)
         while True:  # anything the threads did not get to goes to disk

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 from tuneloop.events.envelope import Envelope
@@ -17,6 +18,12 @@ from tuneloop.events.schemas import EventData, FeedbackEvent, ModelEvent, Predic
 from tuneloop.settings import KafkaSettings
 
 STOP = object()  # queued by close(): the events before it are handled, then the thread ends
+
+
+def seconds_left(deadline: float) -> float:
+    """Seconds to ``deadline`` (time.monotonic()), never less than a tenth: each step of a close() or flush()
+    that counts down one deadline gets a last look, however late it comes."""
+    return max(0.1, deadline - time.monotonic())
 
 
 class QueuedPublisher:

@@ -42,7 +42,7 @@ from tuneloop.events.envelope import Envelope, wrap
 from tuneloop.events.errors import EventLogError
 from tuneloop.events.metrics import OUTCOMES, SPOOL_BYTES
 from tuneloop.events.producer import EventLog
-from tuneloop.events.queueing import STOP, QueuedPublisher
+from tuneloop.events.queueing import STOP, QueuedPublisher, seconds_left
 from tuneloop.events.schemas import EventData
 from tuneloop.events.spool import FolderLock, Spool, claim_folder
 from tuneloop.settings import KafkaSettings
@@ -170,10 +170,10 @@ class ShippedEventLog(QueuedPublisher):
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.02)
-        if self._queue.unfinished_tasks or not self._flush_lock.acquire(timeout=_left(deadline)):
+        if self._queue.unfinished_tasks or not self._flush_lock.acquire(timeout=seconds_left(deadline)):
             return False
         try:
-            if not self._shipper_lock.acquire(timeout=_left(deadline)):
+            if not self._shipper_lock.acquire(timeout=seconds_left(deadline)):
                 return False
             try:
                 shipper = self._shipper
@@ -181,13 +181,13 @@ class ShippedEventLog(QueuedPublisher):
                     return shipper is None and self._fallback is None  # None: nothing was ever shipped
                 self._flushes += 1
                 question = self._flushes
-                shipper.conn.send(("flush", (question, _left(deadline))))
+                shipper.conn.send(("flush", (question, seconds_left(deadline))))
             except OSError:
                 return False
             finally:
                 self._shipper_lock.release()
             # Answers come in order; one to an earlier flush that gave up waiting is read and passed over.
-            while shipper.conn.poll(_left(deadline) + 1.0):
+            while shipper.conn.poll(seconds_left(deadline) + 1.0):
                 kind, (answered, ok) = shipper.conn.recv()
                 if answered == question:
                     return bool(ok)
@@ -206,12 +206,12 @@ class ShippedEventLog(QueuedPublisher):
         deadline = time.monotonic() + timeout
         if self._started:
             try:
-                self._queue.put(STOP, timeout=_left(deadline))
+                self._queue.put(STOP, timeout=seconds_left(deadline))
             except queue.Full:
                 pass  # the forwarder is stuck without a shipper: what it did not take is spooled below
-            self._forwarder.join(timeout=_left(deadline) / 2)
+            self._forwarder.join(timeout=seconds_left(deadline) / 2)
             self._forwarder_done.set()
-        if not self._shipper_lock.acquire(timeout=_left(deadline)):
+        if not self._shipper_lock.acquire(timeout=seconds_left(deadline)):
             # The forwarder is stuck writing to a shipper that stopped reading (a stalled disk under its
             # spool, say), or waiting for one to start: end that shipper, and the forwarder's write fails.
             shipper = self._shipper
@@ -221,7 +221,7 @@ class ShippedEventLog(QueuedPublisher):
             self._shipper_lock.acquire()
         try:
             if self._shipper is not None:
-                if not self._shipper.stop(_left(deadline)):
+                if not self._shipper.stop(seconds_left(deadline)):
                     log.warning("the event shipper did not end cleanly; its spool is left for a replayer")
                 self._shipper = None
         finally:
@@ -358,11 +358,6 @@ def _importing_this_package() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": root if not path else os.pathsep.join((root, path))}
-
-
-def _left(deadline: float) -> float:
-    """Seconds to ``deadline`` (time.monotonic()), never less than a tenth: a last look costs nothing."""
-    return max(0.1, deadline - time.monotonic())
 
 
 def _as_tuple(envelope: Envelope) -> tuple[str, bytes, bytes, str]:
