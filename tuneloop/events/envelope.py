@@ -55,6 +55,12 @@ def wrap(data: EventData, source: str) -> Envelope:
     return Envelope(kind=data.topic_kind, key=data.key().encode(), value=value, event_id=event_id)
 
 
+def as_envelope(item: EventData | Envelope, source: str) -> Envelope:
+    """``item`` as a CloudEvent: wrapped here, or as it came when a serving process wrapped it already (a shipped
+    event log's shipper receives envelopes; both logs' spools take either)."""
+    return item if isinstance(item, Envelope) else wrap(item, source)
+
+
 def unwrap(value: bytes | None, topic: str = "", partition: int = -1, offset: int = -1) -> ReceivedEvent:
     """The event in a message's value; ``BadEventError`` (with its ``reason``) for anything else.
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.events.client_config import ensure_topics, producer_config, topic_names
-from tuneloop.events.envelope import Envelope, wrap
+from tuneloop.events.envelope import Envelope, as_envelope
 from tuneloop.events.metrics import OUTCOMES, SPOOL_BYTES
 from tuneloop.events.queueing import STOP, QueuedPublisher, seconds_left
 from tuneloop.events.schemas import EventData
@@ -191,7 +191,7 @@ class EventLog(QueuedPublisher):
                 if item is STOP:
                     self._sender_done.set()  # the events queued before it are still sent
                     continue
-                self._route(item if isinstance(item, Envelope) else wrap(item, self.source))
+                self._route(as_envelope(item, self.source))
             except Exception:  # one bad event must not cost the rest of its batch
                 log.exception("event log: could not handle %s", type(item).__name__)
                 with self._counts_lock:
@@ -257,7 +257,7 @@ class EventLog(QueuedPublisher):
     def _to_spool_safely(self, data: EventData | Envelope) -> None:
         """The request-thread path to the spool: a disk error is logged and counted, never raised."""
         try:
-            self._to_spool(data if isinstance(data, Envelope) else wrap(data, self.source))
+            self._to_spool(as_envelope(data, self.source))
         except Exception:
             log.exception("event log: could not spool a %s", type(data).__name__)
             kind = data.kind if isinstance(data, Envelope) else getattr(data, "topic_kind", "")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.events.client_config import producer_config, topic_names
-from tuneloop.events.envelope import Envelope, wrap
+from tuneloop.events.envelope import Envelope, as_envelope, wrap
 from tuneloop.events.errors import EventLogError
 from tuneloop.events.metrics import OUTCOMES, SPOOL_BYTES
 from tuneloop.events.producer import EventLog
@@ -318,7 +318,7 @@ class ShippedEventLog(QueuedPublisher):
         with self._fallback_lock:
             for item in items:
                 try:
-                    envelope = item if isinstance(item, Envelope) else wrap(item, self.source)
+                    envelope = as_envelope(item, self.source)
                     topic = self.topics[envelope.kind]
                 except Exception:
                     log.exception("event log: could not write a %s as a CloudEvent", type(item).__name__)
