@@ -54,6 +54,11 @@ def counter(server: ServerProcess, name: str, topic: str = "tuneloop.predictions
     return sum(float(v) for v in re.findall(rf'^{name}{{topic="{re.escape(topic)}"}} (\S+)$', text, re.M))
 
 
+def all_spooled(server: ServerProcess, count: int) -> bool:
+    """Whether the service has spooled ``count`` predictions, waiting up to 30 s for its sender to get there."""
+    return wait_for(lambda: counter(server, "tuneloop_events_spooled_total") >= count, 30, interval=0.2)
+
+
 def test_predictions_and_feedback_reach_their_topics(served_registry: Path, broker: TansuBroker,
                                                      kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     broker.start()
@@ -120,9 +125,7 @@ def test_broker_down_at_start_then_every_prediction_arrives(served_registry: Pat
         shippers = [pid for pid in server.descendants()
                      if "tuneloop.events.shipper" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
         assert len(shippers) == (1 if shipper == "process" else 0)
-        deadline = time.monotonic() + 30
-        while counter(server, "tuneloop_events_spooled_total") < len(ids) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        assert all_spooled(server, len(ids))
         assert counter(server, "tuneloop_events_spooled_total") == len(ids)
         broker.start()
         got = consume_until(kafka_settings, ["predictions"], len(ids))
@@ -145,9 +148,7 @@ def test_service_killed_with_a_full_spool_replays_after_restart(served_registry:
     env = kafka_env(kafka_settings) | {"TUNELOOP_KAFKA__SPOOL_FSYNC": "always", "TUNELOOP_KAFKA__SHIPPER": shipper}
     server = ServerProcess(served_registry, tmp_path / "first.log", grpc=False, env=env).start()
     ids = [p["request_id"] for p in httpx.post(f"{server.url}/classify", json={"texts": TEXTS}).json()["predictions"]]
-    deadline = time.monotonic() + 30
-    while counter(server, "tuneloop_events_spooled_total") < len(ids) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    all_spooled(server, len(ids))  # else the crash below finds fewer to replay, and the count at the end says so
     server.crash()  # every process of it SIGKILLed: no drain, no goodbye
     assert list(kafka_settings.spool_dir.rglob("*.spool"))
     broker.start()
@@ -165,9 +166,7 @@ def classify_until_spooled(server: ServerProcess, batches: int) -> list[str]:
         r = answered(lambda: httpx.post(f"{server.url}/classify", json={"texts": texts}))
         assert r.status_code == 200
         ids += [p["request_id"] for p in r.json()["predictions"]]
-    deadline = time.monotonic() + 30
-    while counter(server, "tuneloop_events_spooled_total") < len(ids) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    assert all_spooled(server, len(ids))
     assert counter(server, "tuneloop_events_spooled_total") == len(ids)
     return ids
 
