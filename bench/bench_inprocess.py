@@ -38,7 +38,7 @@ os.environ.update({"TUNELOOP_KAFKA__ENABLED": "false", "TUNELOOP_SERVING__GRPC_P
 
 import uvloop  # noqa: E402
 
-from bench.bench_frontend import ensure_tiny_registry  # noqa: E402
+from bench.bench_frontend import SERVICE_ENV, ensure_tiny_registry  # noqa: E402
 from bench.bench_serving import bench_texts, ensure_model, write_results  # noqa: E402
 
 Cell = tuple[float, float]  # CPU µs per text, p50 ms per call
@@ -82,7 +82,6 @@ async def measure(plane, texts: list[str], rounds: int) -> dict[str, list[Cell]]
     classifier = plane.manager.current.classifier
     handed = start_bare_worker()
     loop = asyncio.get_running_loop()
-
     overhead = plane.batcher.run_overhead_tokens
 
     def run_alone(text: str) -> None:
@@ -124,7 +123,7 @@ def main() -> None:
     if args.model == "tiny":
         registry, model = work / "tiny-registry", "the tiny test model, one ONNX Runtime thread"
         ensure_tiny_registry(registry)
-        os.environ["TUNELOOP_SERVING__INTRA_OP_THREADS"] = "1"
+        os.environ.update(SERVICE_ENV)  # one ONNX Runtime thread, as bench_frontend serves it
     else:
         registry, model = work / "registry", "the benchmark's MiniLM-L6, the service's thread settings"
         ensure_model(registry)
